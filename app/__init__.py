@@ -1,0 +1,1 @@
+"""The HTTP service: validation, tenants, job records, the queue, storage and metrics."""

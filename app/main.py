@@ -1,0 +1,153 @@
+"""Application factory. Nothing is opened at import time: `create_app(settings)` builds the app and its lifespan
+opens and closes Redis."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from redis import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import ModelConfig
+from app.errors import error_response, install_error_handlers
+from app.jobs import JobStore
+from app.metrics import ApiMetrics
+from app.routes import generate, health, jobs
+from app.settings import Settings
+from app.storage import LocalStorage
+from app.tenants import TenantRegistry
+from app.tokens import load_token_counter
+from reins.directions import DirectionMetadata, load_direction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A configured model with what the API needs to validate requests for it."""
+
+    config: ModelConfig
+    direction: DirectionMetadata
+    tokenizer: object | None
+
+
+def load_served_models(settings: Settings) -> dict[str, ServedModel]:
+    models = {}
+    for name, model in settings.server_config.models.items():
+        direction = load_direction(model.direction).metadata
+        if direction.family != model.family:
+            raise ValueError(f"model {name}: direction {model.direction} is for family {direction.family}")
+        models[name] = ServedModel(model, direction, load_token_counter(model.path))
+    return models
+
+
+class RequestContextMiddleware:
+    """Rejects oversized bodies with 413 before reading them, sets `x-request-id`, and records request metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            response = error_response(
+                413,
+                "request_too_large",
+                f"request body is {int(declared)} bytes; the limit is {self.max_body_bytes} bytes "
+                "(prompts are limited in characters, see the prompt field's limit in /docs)",
+            )
+            await response(scope, receive, send_with_id)
+            self._observe(scope, status["code"], started)
+            return
+
+        received = {"bytes": 0}
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > self.max_body_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            response = error_response(
+                413, "request_too_large", f"request body exceeds the limit of {self.max_body_bytes} bytes"
+            )
+            await response(scope, receive, send_with_id)
+        finally:
+            self._observe(scope, status["code"], started)
+
+    def _observe(self, scope: Scope, status_code: int, started: float) -> None:
+        route = scope.get("route")
+        # Label by route template, never by the raw path, so that job ids do not create new series.
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.requests_total.labels(template, method, str(status_code)).inc()
+        self.metrics.request_duration_seconds.labels(template, method).observe(time.perf_counter() - started)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API app. Configuration errors surface here, before the server accepts a connection."""
+    settings = settings or Settings()
+    metrics = ApiMetrics()
+    models = load_served_models(settings)
+    tenants = TenantRegistry(settings.server_config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        redis = Redis.from_url(settings.redis_url)
+        app.state.redis = redis
+        app.state.jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
+        logger.info("api started: models=%s redis=%s", ",".join(models), redis.connection_pool.connection_kwargs.get("host"))
+        try:
+            yield
+        finally:
+            redis.close()
+            logger.info("api stopped")
+
+    app = FastAPI(
+        title="REINS Server",
+        summary="Video generation with inference-time safety steering.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.models = models
+    app.state.tenants = tenants
+    app.state.storage = LocalStorage(settings.storage_dir)
+    install_error_handlers(app)
+    app.include_router(generate.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_request_bytes)
+    return app

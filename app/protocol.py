@@ -1,0 +1,111 @@
+"""Wire models: the JSON bodies of every request and response, in one place.
+
+Every request model rejects unknown fields, so a misspelt field is an error instead of a silently ignored value.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed.
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class GenerateRequest(_Request):
+    """Body of `POST /v1/generate`. Omitted sizes, steps and guidance take the model's defaults."""
+
+    model: str = Field(min_length=1, max_length=128)
+    prompt: str
+    negative_prompt: str = ""
+    num_frames: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1)
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    steering_strength: float | None = None
+
+    @field_validator("guidance_scale", "steering_strength", mode="before")
+    @classmethod
+    def _reject_strings(cls, value: Any) -> Any:
+        # pydantic would parse "NaN" or "1.5" from a string; numbers must arrive as JSON numbers.
+        if isinstance(value, str):
+            raise ValueError("must be a JSON number, not a string")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class SteeringApplied(_Response):
+    """The steering a job runs with, recorded on the job."""
+
+    strength: float
+    strength_source: Literal["request", "tenant_default"]
+    direction_sha256: str
+    block_index: int
+    reference_norm: float
+    step_window: tuple[float, float]
+    branch_mode: str
+
+
+class JobParams(_Response):
+    """The request as accepted, with every default filled in."""
+
+    prompt: str
+    negative_prompt: str
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    prompt_tokens: int | None = None
+    prompt_truncated: bool | None = None
+
+
+class JobError(_Response):
+    code: str
+    message: str
+
+
+class Job(_Response):
+    """A generation job as the API returns it."""
+
+    object: Literal["job"] = "job"
+    id: str
+    tenant: str
+    model: str
+    status: JobStatus
+    progress: float = 0.0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    request: JobParams
+    steering: SteeringApplied
+    result_url: str | None = None
+    error: JobError | None = None
+
+
+class ErrorBody(_Response):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(_Response):
+    """The shape of every 4xx and 5xx body."""
+
+    error: ErrorBody

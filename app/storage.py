@@ -1,0 +1,55 @@
+"""Video storage behind one interface. The local-folder backend is the default."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class Storage(Protocol):
+    """Where finished videos live. Keys are relative, slash-separated names such as `job_ab12.mp4`."""
+
+    def put_file(self, key: str, source: Path) -> None: ...
+
+    def open_path(self, key: str) -> Path | None:
+        """Return a local path to read the object from, or None if it does not exist."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStorage:
+    """Stores objects as files under one folder; writes are atomic (temporary file, then rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key) or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def put_file(self, key: str, source: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+        os.close(handle)
+        try:
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def open_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""REINS: inference-time safety steering for video diffusion transformers."""

@@ -1,0 +1,1 @@
+"""The GPU worker: loaded pipelines with steering attached, consuming the RQ queues."""

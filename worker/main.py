@@ -1,0 +1,50 @@
+"""The worker process: load pipelines once, then consume the models' RQ queues without forking per job."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import start_http_server
+from redis import Redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from app.jobs import JobStore
+from app.settings import Settings
+from app.storage import LocalStorage
+from worker.metrics import WorkerMetrics
+from worker.tasks import Renderer, WorkerRuntime, install_runtime
+
+logger = logging.getLogger(__name__)
+
+
+def selected_models(settings: Settings) -> list:
+    config = settings.server_config
+    names = settings.worker_models or list(config.models)
+    unknown = [name for name in names if name not in config.models]
+    if unknown:
+        raise ValueError(f"REINS_WORKER_MODELS names unknown models {unknown}; configured: {list(config.models)}")
+    return [config.models[name] for name in names]
+
+
+def run_worker(settings: Settings, renderer: Renderer | None = None, burst: bool = False) -> None:
+    """Load the models (unless a renderer is given), then process jobs until stopped (or the queues are empty in burst mode)."""
+    models = selected_models(settings)
+    if renderer is None:
+        from worker.pool import PipelinePool  # torch is imported only by the real worker
+
+        renderer = PipelinePool(models, device=settings.worker_device, dtype=settings.worker_dtype)
+
+    metrics = WorkerMetrics()
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr=settings.host, registry=metrics.registry)
+        logger.info("worker metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)
+
+    redis = Redis.from_url(settings.redis_url)
+    jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
+    install_runtime(WorkerRuntime(renderer, jobs, LocalStorage(settings.storage_dir), metrics, settings.video_fps))
+
+    queues = [settings.queue_name(model.name) for model in models]
+    worker = SimpleWorker(queues, connection=redis, serializer=JSONSerializer)
+    logger.info("worker consuming %s", ", ".join(queues))
+    worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)

@@ -1,0 +1,134 @@
+"""The RQ job function and the per-process runtime it uses.
+
+RQ imports `worker.tasks.run_job` by name, with the job id as its only argument (JSON-serialised). The worker
+process installs its runtime with `install_runtime` before it starts consuming, so pipelines stay loaded across jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from app.jobs import JobNotFound, JobStore, utc_now
+from app.storage import Storage
+from reins.video import write_mp4
+from worker.metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class Renderer(Protocol):
+    """Turns a job record into frames; `PipelinePool` in production, a numpy stand-in in API tests."""
+
+    def render(self, record: dict, on_step) -> tuple[np.ndarray, dict]: ...
+
+
+def error_code(error: BaseException) -> str:
+    """Return the job error code recorded for an exception raised while running a job."""
+    names = {
+        "NonFiniteLatentsError": "non_finite_latents",
+        "JobTimeoutException": "timeout",
+        "DirectionMismatch": "direction_mismatch",
+    }
+    return names.get(type(error).__name__, "internal_error")
+
+
+class WorkerRuntime:
+    def __init__(self, renderer: Renderer, jobs: JobStore, storage: Storage, metrics: WorkerMetrics, fps: int) -> None:
+        self.renderer = renderer
+        self.jobs = jobs
+        self.storage = storage
+        self.metrics = metrics
+        self.fps = fps
+
+    def run(self, job_id: str) -> dict:
+        try:
+            record = self.jobs.get(job_id)
+        except JobNotFound:
+            logger.warning("job %s: record not found (expired or deleted); skipping", job_id)
+            return {"status": "skipped"}
+        if record["status"] != "queued":
+            logger.info("job %s: status is %s, not queued; skipping", job_id, record["status"])
+            return {"status": "skipped"}
+
+        model = record["model"]
+        started = time.perf_counter()
+        created = datetime.fromisoformat(record["created_at"])
+        self.metrics.queue_wait_seconds.labels(model).observe(max(0.0, time.time() - created.timestamp()))
+        self.jobs.update(job_id, status="in_progress", started_at=utc_now(), progress=0.0)
+        logger.info("job %s: started model=%s tenant=%s", job_id, model, record["tenant"])
+        self.metrics.busy.set(1)
+        last_step = {"at": time.perf_counter()}
+
+        def on_step(step_index: int, num_steps: int) -> None:
+            now = time.perf_counter()
+            self.metrics.step_duration_seconds.labels(model).observe(now - last_step["at"])
+            last_step["at"] = now
+            # Denoising is reported as 0-95%; encoding and upload take the rest.
+            self.jobs.update(job_id, progress=round(0.95 * (step_index + 1) / num_steps, 4))
+
+        try:
+            frames, facts = self.renderer.render(record, on_step)
+            encode_started = time.perf_counter()
+            key = f"{job_id}.mp4"
+            with tempfile.TemporaryDirectory(prefix="reins-") as folder:
+                path = Path(folder) / key
+                write_mp4(frames, path, fps=self.fps, metadata=self._video_metadata(record))
+                self.storage.put_file(key, path)
+            self.metrics.encode_duration_seconds.labels(model).observe(time.perf_counter() - encode_started)
+        except Exception as error:
+            code = error_code(error)
+            logger.error("job %s: failed (%s): %s", job_id, code, error, exc_info=True)
+            self.jobs.update(
+                job_id, status="failed", finished_at=utc_now(), error={"code": code, "message": str(error)[:500]}
+            )
+            self.metrics.jobs_total.labels(model, "failed").inc()
+            raise
+        finally:
+            self.metrics.busy.set(0)
+            self.metrics.job_duration_seconds.labels(model).observe(time.perf_counter() - started)
+
+        request = dict(record["request"], **{k: facts[k] for k in ("prompt_tokens", "prompt_truncated") if k in facts})
+        self.jobs.update(
+            job_id,
+            status="completed",
+            progress=1.0,
+            finished_at=utc_now(),
+            request=request,
+            result_url=f"/v1/jobs/{job_id}/content",
+        )
+        self.metrics.jobs_total.labels(model, "completed").inc()
+        logger.info("job %s: completed in %.2fs (%s)", job_id, time.perf_counter() - started, facts)
+        return {"status": "completed"}
+
+    @staticmethod
+    def _video_metadata(record: dict) -> dict[str, str]:
+        steering = record["steering"]
+        return {
+            "comment": (
+                f"reins job={record['id']} model={record['model']} seed={record['request']['seed']} "
+                f"strength={steering['strength']} block={steering['block_index']} "
+                f"direction_sha256={steering['direction_sha256']}"
+            )
+        }
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def install_runtime(runtime: WorkerRuntime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def run_job(job_id: str) -> dict:
+    """Run one job by id. Called by RQ inside the worker process."""
+    if _runtime is None:
+        raise RuntimeError("worker runtime not installed; start workers with 'reins worker'")
+    return _runtime.run(job_id)
