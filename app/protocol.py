@@ -81,6 +81,21 @@ class JobError(_Response):
     message: str
 
 
+class JobResult(_Response):
+    """Where the finished video is and what it contains."""
+
+    url: str
+    content_type: str = "video/mp4"
+    bytes: int
+    num_frames: int
+    width: int
+    height: int
+    # sha256 of the decoded uint8 frames before encoding: equal hashes mean bit-identical generations.
+    frames_sha256: str
+    # Block calls that the steering hook changed (0 when the strength is 0).
+    steered_block_calls: int
+
+
 class Job(_Response):
     """A generation job as the API returns it."""
 
@@ -95,7 +110,7 @@ class Job(_Response):
     finished_at: datetime | None = None
     request: JobParams
     steering: SteeringApplied
-    result_url: str | None = None
+    result: JobResult | None = None
     error: JobError | None = None
 
 

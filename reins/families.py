@@ -42,7 +42,8 @@ class ModelFamily:
             return None
         lower = num_frames - (num_frames - 1) % self.frame_multiple
         upper = lower + self.frame_multiple
-        nearest = lower if num_frames - lower < upper - num_frames else upper
+        # A tie goes to the lower count, which is also what diffusers rounds to.
+        nearest = lower if num_frames - lower <= upper - num_frames else upper
         return (
             f"must be {self.frame_multiple}k+1 for {self.name} models (1, {1 + self.frame_multiple}, "
             f"{1 + 2 * self.frame_multiple}, ...), got {num_frames}; the nearest valid value is {nearest}"
@@ -57,7 +58,7 @@ class ModelFamily:
             return None
         lower = size - size % step
         upper = lower + step
-        nearest = lower if size - lower < upper - size else upper
+        nearest = lower if size - lower <= upper - size else upper
         return f"must be divisible by {step} for {self.name} models, got {size}; the nearest valid value is {nearest}"
 
     def transformers(self, pipeline: Any) -> list[Any]:

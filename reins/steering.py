@@ -88,31 +88,35 @@ class SteeringHook(ContextAwareHook):
         start, end = config.step_window
         return start <= position < end
 
-    def _add(self, hidden: torch.Tensor, config: SteeringConfig) -> torch.Tensor:
-        vector = self._vector.to(device=hidden.device, dtype=hidden.dtype) * config.scale
-        branch = self.branch
+    def _steers_all_rows(self, config: SteeringConfig) -> bool | None:
+        """Return True to steer every row of this call, False for the conditional half only, None to skip it."""
         if config.branch_mode == "both":
+            return True
+        if self.branch == "uncond":
+            return None
+        # One doubled batch holds both branches, unconditional rows first, so only the second half is steered.
+        return not (self.branch == "cond_uncond" and self.family.guidance_layout == "batched_uncond_first")
+
+    def _add(self, hidden: torch.Tensor, config: SteeringConfig, all_rows: bool) -> torch.Tensor:
+        vector = self._vector.to(device=hidden.device, dtype=hidden.dtype) * config.scale
+        if all_rows:
             return hidden + vector
-        if branch == "uncond":
-            return hidden
-        if branch == "cond_uncond" and self.family.guidance_layout == "batched_uncond_first":
-            # One doubled batch: the unconditional rows come first, so only the second half is steered.
-            half = hidden.shape[0] // 2
-            steered = hidden.clone()
-            steered[half:] = steered[half:] + vector
-            return steered
-        return hidden + vector
+        half = hidden.shape[0] // 2
+        return torch.cat([hidden[:half], hidden[half:] + vector])
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
         config = self.config
         if config is None or config.scale == 0.0 or not self._in_window(config):
             return output
+        all_rows = self._steers_all_rows(config)
+        if all_rows is None:
+            return output
         self.calls_steered += 1
         index = self.family.hidden_state_index
         if index is None:
-            return self._add(output, config)
+            return self._add(output, config, all_rows)
         parts = list(output)
-        parts[index] = self._add(parts[index], config)
+        parts[index] = self._add(parts[index], config, all_rows)
         return type(output)(parts)
 
 

@@ -6,6 +6,7 @@ process installs its runtime with `install_runtime` before it starts consuming, 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -80,6 +81,7 @@ class WorkerRuntime:
             with tempfile.TemporaryDirectory(prefix="reins-") as folder:
                 path = Path(folder) / key
                 write_mp4(frames, path, fps=self.fps, metadata=self._video_metadata(record))
+                size_bytes = path.stat().st_size
                 self.storage.put_file(key, path)
             self.metrics.encode_duration_seconds.labels(model).observe(time.perf_counter() - encode_started)
         except Exception as error:
@@ -94,14 +96,23 @@ class WorkerRuntime:
             self.metrics.busy.set(0)
             self.metrics.job_duration_seconds.labels(model).observe(time.perf_counter() - started)
 
-        request = dict(record["request"], **{k: facts[k] for k in ("prompt_tokens", "prompt_truncated") if k in facts})
+        request = dict(record["request"], **{k: facts[k] for k in ("prompt_tokens", "prompt_truncated") if facts.get(k) is not None})
         self.jobs.update(
             job_id,
             status="completed",
             progress=1.0,
             finished_at=utc_now(),
             request=request,
-            result_url=f"/v1/jobs/{job_id}/content",
+            result={
+                "url": f"/v1/jobs/{job_id}/content",
+                "content_type": "video/mp4",
+                "bytes": size_bytes,
+                "num_frames": int(frames.shape[0]),
+                "height": int(frames.shape[1]),
+                "width": int(frames.shape[2]),
+                "frames_sha256": hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest(),
+                "steered_block_calls": int(facts.get("calls_steered", 0)),
+            },
         )
         self.metrics.jobs_total.labels(model, "completed").inc()
         logger.info("job %s: completed in %.2fs (%s)", job_id, time.perf_counter() - started, facts)

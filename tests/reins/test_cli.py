@@ -1,0 +1,53 @@
+"""The `reins` command line, run as a subprocess the way a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reins.video import probe_mp4
+from tests.conftest import SHIPPED_DIRECTION
+
+
+def reins(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reins.cli", "--log-level", "WARNING", *arguments],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_model_then_generate(tmp_path):
+    model = tmp_path / "model"
+    assert reins("tiny-model", "--out", str(model)).returncode == 0
+    out = tmp_path / "clip.mp4"
+    result = reins("generate", "--model", str(model), "--prompt", "a cat", "--direction", str(SHIPPED_DIRECTION),
+                   "--strength", "0.5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["block_index"] == 2
+    info = probe_mp4(out)
+    assert info["frames"] == 9
+    assert (info["width"], info["height"]) == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "nan", "--model", "m"], "finite"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "1", "--model", "m"], "--direction is required"),
+        (["tiny-model", "--out", "o", "--size", "huge"], "invalid choice"),
+        (["tiny-model", "--out", "o", "--family", "sora"], "invalid choice"),
+        (["discover", "--model", "m", "--prompts", "absent.jsonl", "--out", "d.safetensors"], "--prompts"),
+    ],
+)
+def test_bad_input_exits_2(tmp_path, arguments, message):
+    result = subprocess.run([sys.executable, "-m", "reins.cli", *arguments], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_generate_rejects_invalid_height(tiny_model_dir, tmp_path):
+    result = reins("generate", "--model", str(tiny_model_dir), "--prompt", "x", "--strength", "0",
+                   "--height", "36", "--out", str(tmp_path / "o.mp4"))
+    assert result.returncode == 2
+    assert "--height must be divisible by 16" in result.stderr
+    assert "nearest valid value is 32" in result.stderr
