@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import zlib
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
+from reins.processes import free_port
 from reins.video import probe_mp4
 from tests.conftest import WorkerProcess, settings_from, wait_for_job
 
@@ -22,7 +24,9 @@ def client(service_env) -> TestClient:
 
 @pytest.fixture(scope="module")
 def mock_worker(service_env, tmp_path_factory):
-    worker = WorkerProcess(service_env, tmp_path_factory.mktemp("logs") / "mock-worker.log", mock=True)
+    env = {**service_env, "REINS_WORKER_METRICS_PORT": str(free_port())}
+    worker = WorkerProcess(env, tmp_path_factory.mktemp("logs") / "mock-worker.log", mock=True)
+    worker.metrics_url = f"http://127.0.0.1:{env['REINS_WORKER_METRICS_PORT']}/metrics"
     worker.wait_until_listening(Redis.from_url(service_env["REINS_REDIS_URL"]))
     yield worker
     worker.stop()
@@ -230,3 +234,14 @@ def test_metrics_count_requests_and_jobs(client, api_headers):
 def test_readyz_and_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_worker_metrics_after_job(client, api_headers, mock_worker):
+    job = submit(client, api_headers["alpha"], num_inference_steps=3).json()
+    assert wait_for_job(client, job["id"], api_headers["alpha"])["status"] == "completed"
+    text = httpx.get(mock_worker.metrics_url).text
+    assert 'reins_worker_jobs_total{model="tiny-wan",status="completed"}' in text
+    assert 'reins_worker_step_duration_seconds_count{model="tiny-wan"}' in text
+    assert 'reins_worker_job_duration_seconds_count{model="tiny-wan"}' in text
+    assert job["id"] not in text
+
