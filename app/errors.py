@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    """An error answered to the client with its own status, code and message."""
+    """An error returned to the client with its own status, code and message."""
 
     def __init__(self, status_code: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
         super().__init__(message)
@@ -42,13 +42,13 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str | None, str]:
     if kind == "json_invalid":
         return None, f"request body is not valid JSON: {error.get('msg', '')}"
     received = error.get("input")
-    shown = repr(received)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
+    preview = repr(received)
+    if len(preview) > 80:
+        preview = preview[:77] + "..."
     message = error.get("msg", "invalid value")
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return field, f"{field}: {message[0].lower() + message[1:]}, got {shown}"
+    return field, f"{field}: {message[0].lower() + message[1:]}, got {preview}"
 
 
 def install_error_handlers(app: FastAPI) -> None:

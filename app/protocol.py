@@ -82,7 +82,7 @@ class JobError(_Response):
 
 
 class JobResult(_Response):
-    """Where the finished video is and what it contains."""
+    """Location and contents of the finished video."""
 
     url: str
     content_type: str = "video/mp4"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,7 +15,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REINS_", extra="ignore")
 
-    environment: Literal["development", "production"] = "development"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # TOML file with the served models and the tenants; relative paths inside it are relative to the file.
     config_file: Path = Path("reins.toml")

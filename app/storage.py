@@ -13,7 +13,7 @@ _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
 class Storage(Protocol):
-    """Where finished videos live. Keys are relative, slash-separated names such as `job_ab12.mp4`."""
+    """Object store for finished videos. Keys are relative, slash-separated names such as `job_ab12.mp4`."""
 
     def put_file(self, key: str, source: Path) -> None: ...
 

@@ -11,12 +11,6 @@ import logging
 import sys
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_DIRECTIONS = REPO_ROOT / "directions"
-
-
 class UsageError(Exception):
     """Invalid command-line input; reported with exit code 2."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from app.config import hash_api_key
+from app.protocol import TERMINAL_STATUSES
 from reins.processes import ServiceError, free_port, start_redis, stop_process, wait_for_port
 from reins.tiny import read_tiny_marker, save_tiny_model
 from reins.video import probe_mp4
@@ -84,7 +85,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
     try:
         redis_url = os.environ.get("REINS_REDIS_URL")
         if redis_url:
-            _say(f"using Redis at REINS_REDIS_URL")
+            _say("using the Redis at REINS_REDIS_URL")
         else:
             try:
                 redis, redis_url = start_redis(workdir / "redis")
@@ -145,14 +146,14 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
 def _follow(client: httpx.Client, job_id: str, worker: subprocess.Popen, timeout_seconds: float = 300) -> dict:
     """Poll the job until it ends, printing each progress change."""
     deadline = time.monotonic() + timeout_seconds
-    shown = None
+    last_state = None
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
         state = (job["status"], job["progress"])
-        if state != shown:
+        if state != last_state:
             _say(f"  {job['status']:<12} {job['progress'] * 100:5.1f}%")
-            shown = state
-        if job["status"] in ("completed", "failed", "cancelled"):
+            last_state = state
+        if job["status"] in TERMINAL_STATUSES:
             return job
         if worker.poll() is not None:
             raise ServiceError(f"the worker exited with code {worker.returncode}; see its log")

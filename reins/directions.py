@@ -1,4 +1,4 @@
-"""Direction files: a unit steering vector and the metadata that says where and how it was made.
+"""Direction files: a unit steering vector and the metadata that records where and how it was made.
 
 A direction file is a safetensors file with one float32 tensor, `direction`, of shape (hidden_size,) and norm 1, and
 string metadata. This module uses numpy only, so the API can read metadata without torch.
@@ -102,7 +102,7 @@ def load_direction(path: str | Path) -> Direction:
 
     vector = np.asarray(vector, dtype=np.float32).reshape(-1)
     if vector.shape[0] != metadata.hidden_size:
-        raise DirectionFileError(f"{path}: vector has {vector.shape[0]} elements, metadata says {metadata.hidden_size}")
+        raise DirectionFileError(f"{path}: vector has {vector.shape[0]} elements but its metadata has hidden_size {metadata.hidden_size}")
     if vector_sha256(vector) != metadata.sha256:
         raise DirectionFileError(f"{path}: sha256 of the vector does not match the metadata; the file was altered")
     if abs(float(np.linalg.norm(vector)) - 1.0) > 1e-4:

@@ -94,7 +94,7 @@ class SteeringHook(ContextAwareHook):
             return True
         if self.branch == "uncond":
             return None
-        # One doubled batch holds both branches, unconditional rows first, so only the second half is steered.
+        # One doubled batch contains both branches, unconditional rows first, so only the second half is steered.
         return not (self.branch == "cond_uncond" and self.family.guidance_layout == "batched_uncond_first")
 
     def _add(self, hidden: torch.Tensor, config: SteeringConfig, all_rows: bool) -> torch.Tensor:

@@ -14,6 +14,7 @@ import pytest
 from redis import Redis
 
 from app.config import hash_api_key
+from app.protocol import TERMINAL_STATUSES
 from reins.processes import start_redis, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +148,7 @@ def wait_for_job(client, job_id: str, headers: dict, timeout_seconds: float = 12
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("completed", "failed", "cancelled"):
+        if job["status"] in TERMINAL_STATUSES:
             return job
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_seconds} s")
