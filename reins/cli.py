@@ -137,6 +137,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     steerer = steering = None
     if direction is not None:
         steerer = Steerer(pipeline, block_index=direction.metadata.block_index)
+        if steerer.hidden_size != direction.metadata.hidden_size:
+            raise UsageError(
+                f"--direction {args.direction} was fitted on a model with hidden size {direction.metadata.hidden_size} "
+                f"({direction.metadata.model_id}); {args.model} has hidden size {steerer.hidden_size}"
+            )
         steering = SteeringConfig(direction.vector, args.strength, direction.metadata.reference_norm)
     frames = generate(pipeline, params, steerer, steering)
     write_mp4(frames, args.out, fps=args.fps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import httpx
 
 from app.config import hash_api_key
 from app.protocol import TERMINAL_STATUSES
-from reins.processes import ServiceError, free_port, start_redis, stop_process, wait_for_port
+from reins.processes import REDIS_INSTALL_HINT, ServiceError, free_port, start_redis, stop_process, wait_for_port
 from reins.tiny import read_tiny_marker, save_tiny_model
 from reins.video import probe_mp4
 
@@ -71,6 +72,9 @@ max_strength = 2.0
 
 
 def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | None) -> int:
+    if not os.environ.get("REINS_REDIS_URL") and shutil.which("redis-server") is None:
+        _say(f"error: {REDIS_INSTALL_HINT}")
+        return 1
     workdir.mkdir(parents=True, exist_ok=True)
     out = out or workdir / "demo.mp4"
     model_dir = workdir / "models" / MODEL_NAME

@@ -117,9 +117,11 @@ def save_tiny_model(out: str | Path, family: str = "wan", size: str = "tiny", se
         raise ValueError(f"no tiny builder for family {family!r}; available: wan")
     out = Path(out)
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     pipeline = build_wan(size=size, seed=seed)
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     pipeline.save_pretrained(out)
     spec = TINY_SPECS[size]
     marker = {"family": family, "size": size, "seed": seed, "spec": asdict(spec)}
