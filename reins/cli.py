@@ -64,7 +64,7 @@ def _generation_params(args: argparse.Namespace, model: str, family, prompt: str
     from reins.tiny import read_tiny_marker
 
     marker = read_tiny_marker(model) if Path(model).is_dir() else None
-    spec = marker["spec"] if marker else {}
+    spec = marker["defaults"] if marker else {}
     params = GenerationParams(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -182,15 +182,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from reins.tiny import SIZES, TINY_MODELS
+
     parser = argparse.ArgumentParser(prog="reins", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tiny = commands.add_parser("tiny-model", help="build a tiny random-weight pipeline with save_pretrained")
-    tiny.add_argument("--family", default="wan", choices=["wan"])
+    tiny.add_argument("--family", default="wan", choices=list(TINY_MODELS), help="which tiny pipeline to build")
     tiny.add_argument("--out", required=True, type=Path, help="output folder")
-    tiny.add_argument("--size", default="tiny", choices=["tiny", "small"],
-                      help="tiny: 4 blocks, 32x32, 9 frames; small: 8 blocks, 128x128, 17 frames")
+    tiny.add_argument("--size", default="tiny", choices=list(SIZES),
+                      help="tiny: runs in well under a second; small: about 8 blocks at 128x128, big enough to time")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.set_defaults(handler=cmd_tiny_model)
 

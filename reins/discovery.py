@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from reins.directions import Direction, DirectionMetadata, save_direction
 from reins.families import ModelFamily, family_for_pipeline
-from reins.hooks import ContextAwareHook, register_block_hook, remove_block_hook
+from reins.hooks import ContextAwareHook, register_block_hook, remove_block_hook, step_clock
 from reins.pipelines import GenerationParams, generate
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ def read_prompts(path: str | Path) -> list[LabelledPrompt]:
 class CaptureHook(ContextAwareHook):
     """Accumulates the token-mean of a block's conditional-branch output and the mean token norm."""
 
-    def __init__(self, family: ModelFamily) -> None:
-        super().__init__()
-        self.family = family
+    def __init__(self, family: ModelFamily, clock, hidden_state_index: int | None) -> None:
+        super().__init__(family, clock)
+        self.hidden_state_index = hidden_state_index
         self.clear()
 
     def clear(self) -> None:
@@ -68,8 +68,8 @@ class CaptureHook(ContextAwareHook):
         self.calls = 0
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        hidden = output if self.family.hidden_state_index is None else output[self.family.hidden_state_index]
-        branch = self.branch
+        hidden = output if self.hidden_state_index is None else output[self.hidden_state_index]
+        branch = self.branch(hidden.shape[0])
         if branch == "uncond":
             return output
         if branch == "cond_uncond":
@@ -92,9 +92,10 @@ def capture_block_means(
     family = family_for_pipeline(pipeline)
     transformer = family.transformers(pipeline)[0]
     blocks = family.blocks(transformer)
+    clock = step_clock(pipeline)
     hooks = []
-    for block in blocks:
-        hook = CaptureHook(family)
+    for block, hidden_state_index in blocks:
+        hook = CaptureHook(family, clock, hidden_state_index)
         register_block_hook(transformer, block, hook, CAPTURE_HOOK_NAME)
         hooks.append(hook)
 
@@ -111,7 +112,7 @@ def capture_block_means(
                 norms[column] += hook.norm_sum / hook.calls
             logger.info("captured %d/%d prompts", row + 1, len(prompts))
     finally:
-        for block in blocks:
+        for block, _ in blocks:
             remove_block_hook(transformer, block, CAPTURE_HOOK_NAME)
     return features, norms / len(prompts)
 
@@ -148,7 +149,7 @@ def discover(
     """Fit a direction at one block (default: half the depth) and write it to `out`."""
     family = family_for_pipeline(pipeline)
     transformer = family.transformers(pipeline)[0]
-    depth = len(family.blocks(transformer))
+    depth = family.depth(transformer)
     block_index = depth // 2 if block_index is None else block_index
     if not 0 <= block_index < depth:
         raise ValueError(f"block_index must be in [0, {depth - 1}], got {block_index}")

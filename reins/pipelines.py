@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from reins.families import ModelFamily, family_for_pipeline
+from reins.hooks import step_clock
 from reins.steering import Steerer, SteeringConfig
 
 logger = logging.getLogger(__name__)
@@ -77,52 +78,81 @@ def count_prompt_tokens(pipeline: Any, prompt: str) -> int:
     return len(pipeline.tokenizer(prompt, add_special_tokens=True).input_ids)
 
 
+def _call_arguments(family: ModelFamily, batch: list[GenerationParams], image: Any) -> dict[str, Any]:
+    first = batch[0]
+    for params in batch[1:]:
+        for name in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale"):
+            if getattr(params, name) != getattr(first, name):
+                raise ValueError(f"every sample of a batch needs the same {name}")
+    single = len(batch) == 1
+    generators = [torch.Generator(device="cpu").manual_seed(params.seed) for params in batch]
+    arguments = dict(
+        prompt=first.prompt if single else [params.prompt for params in batch],
+        negative_prompt=first.negative_prompt if single else [params.negative_prompt for params in batch],
+        num_frames=first.num_frames,
+        height=first.height,
+        width=first.width,
+        num_inference_steps=first.num_inference_steps,
+        generator=generators[0] if single else generators,
+        output_type="np",
+        max_sequence_length=family.text_token_limit,
+    )
+    arguments[family.guidance_argument] = first.guidance_scale
+    if family.image_input == "required":
+        if image is None:
+            raise ValueError(f"{family.name} models need an input image")
+        arguments["image"] = image
+    elif image is not None:
+        raise ValueError(f"{family.name} models take no input image")
+    return arguments
+
+
 def generate(
     pipeline: Any,
-    params: GenerationParams,
+    params: GenerationParams | list[GenerationParams],
     steerer: Steerer | None = None,
     steering: SteeringConfig | None = None,
     on_step: Callable[[int, int], None] | None = None,
     family: ModelFamily | None = None,
+    image: Any = None,
 ) -> np.ndarray:
     """Run one generation and return its frames as uint8 of shape (frames, height, width, 3).
 
-    `on_step(step_index, num_steps)` runs after each denoising step; an exception it raises aborts the generation.
-    The step callback also checks the latents, so a generation that diverges fails at the step where it happened.
+    With a list of parameters (same size, steps and guidance; own prompt and seed), run them as one batch and return
+    shape (samples, frames, height, width, 3); each sample equals the same parameters run alone, up to floating-point
+    differences of batched kernels. `on_step(step_index, num_steps)` runs after each denoising step, and an exception
+    it raises aborts the generation. The step callback also checks the latents, so a generation that diverges fails
+    at the step where it happened.
     """
     if steering is not None and steerer is None:
         raise ValueError("a steering configuration needs a Steerer attached to the pipeline")
-    family = family or family_for_pipeline(pipeline)
+    family = family or (steerer.family if steerer is not None else family_for_pipeline(pipeline))
+    batch = params if isinstance(params, list) else [params]
+    num_steps = batch[0].num_inference_steps
+    clock = step_clock(pipeline)
 
     def step_end(pipe: Any, step_index: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
         latents = tensors["latents"]
         if not torch.isfinite(latents).all():
             raise NonFiniteLatentsError(f"latents are not finite after denoising step {step_index}")
+        clock.advance()
         if on_step is not None:
-            on_step(step_index, params.num_inference_steps)
+            on_step(step_index, num_steps)
         return {}
 
-    generator = torch.Generator(device="cpu").manual_seed(params.seed)
-    call = dict(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        num_frames=params.num_frames,
-        height=params.height,
-        width=params.width,
-        num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        generator=generator,
-        output_type="np",
-        callback_on_step_end=step_end,
-        callback_on_step_end_tensor_inputs=["latents"],
-        max_sequence_length=family.text_token_limit,
-    )
-    if steerer is None:
-        frames = pipeline(**call).frames[0]
-    else:
-        with steerer.steer(steering):
-            frames = pipeline(**call).frames[0]
-    return to_uint8(frames)
+    arguments = _call_arguments(family, batch, image)
+    arguments.update(callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
+    clock.start(num_steps, len(batch))
+    try:
+        if steerer is None:
+            frames = pipeline(**arguments).frames
+        else:
+            with steerer.steer(steering):
+                frames = pipeline(**arguments).frames
+    finally:
+        clock.stop()
+    frames = np.stack([to_uint8(sample) for sample in frames])
+    return frames if isinstance(params, list) else frames[0]
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

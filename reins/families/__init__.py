@@ -1,15 +1,27 @@
-"""Model-family adapters: everything that differs between video diffusion families.
+"""Model-family adapters: everything that differs between diffusers video pipeline families.
 
-This module imports no torch, so the API can validate requests against the same rules the worker applies.
-Adding a family means adding one `ModelFamily` entry here and one tiny builder in `reins.tiny`.
+This package imports no torch, so the API validates requests against the same rules the worker applies. Adding a
+family means adding one `ModelFamily` (in a module of this package, listed in `_MODULES`) and one tiny builder in
+`reins.tiny`.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 GuidanceLayout = Literal["separate_calls", "batched_uncond_first"]
+ImageInput = Literal["none", "required"]
+
+
+@dataclass(frozen=True)
+class BlockList:
+    """One list of transformer blocks and where the video hidden state sits in each block's output."""
+
+    attr: str
+    # Position of the video hidden state in the block's output tuple; None when the block returns a tensor.
+    hidden_state_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -18,35 +30,46 @@ class ModelFamily:
 
     name: str
     pipeline_class: str
-    # Pipeline attributes that hold transformers, in denoising order. Missing or None attributes are skipped.
-    transformer_attrs: tuple[str, ...]
-    # Attribute of the transformer that holds the list of blocks to hook.
-    blocks_attr: str
-    # Position of the hidden state in a block's output when the block returns a tuple; None when it returns a tensor.
-    hidden_state_index: int | None
+    block_lists: tuple[BlockList, ...]
+    # "separate_calls": one transformer call per guidance branch, conditional first.
+    # "batched_uncond_first": one call on a doubled batch, unconditional rows first.
     guidance_layout: GuidanceLayout
     # Frame counts must satisfy (num_frames - 1) % frame_multiple == 0.
     frame_multiple: int
-    # Height and width must be multiples of this.
+    # Height and width must be multiples of this (VAE spatial compression times the transformer's patch size).
     spatial_multiple: int
+    # The pipeline's max_sequence_length: longer prompts are truncated to this many tokens.
     text_token_limit: int
     default_height: int
     default_width: int
     default_num_frames: int
+    # Pipeline attributes that hold transformers, in denoising order. Missing or None attributes are skipped.
+    transformer_attrs: tuple[str, ...] = ("transformer",)
+    image_input: ImageInput = "none"
+    # Name of the pipeline argument that sets classifier-free guidance.
+    guidance_argument: str = "guidance_scale"
+    # Smallest guidance value that turns on the unconditional branch.
+    guidance_threshold: float = 1.0
+    # Extra test on a pipeline of class `pipeline_class`, for families that share a pipeline class.
+    matches: Callable[[Any], bool] | None = None
+    max_num_frames: int | None = None
 
     def frame_count_error(self, num_frames: int) -> str | None:
         """Return why `num_frames` is invalid for this family, with the nearest valid count, or None if valid."""
         if num_frames < 1:
             return f"must be at least 1, got {num_frames}"
+        if self.max_num_frames is not None and num_frames > self.max_num_frames:
+            return f"must be at most {self.max_num_frames} for {self.name} models, got {num_frames}"
         if (num_frames - 1) % self.frame_multiple == 0:
             return None
         lower = num_frames - (num_frames - 1) % self.frame_multiple
         upper = lower + self.frame_multiple
         # A tie goes to the lower count, which is also what diffusers rounds to.
         nearest = lower if num_frames - lower <= upper - num_frames else upper
+        m = self.frame_multiple
         return (
-            f"must be {self.frame_multiple}k+1 for {self.name} models (1, {1 + self.frame_multiple}, "
-            f"{1 + 2 * self.frame_multiple}, ...), got {num_frames}; the nearest valid value is {nearest}"
+            f"must be {m}k+1 for {self.name} models (1, {1 + m}, {1 + 2 * m}, ...), got {num_frames}; "
+            f"the nearest valid value is {nearest}"
         )
 
     def size_error(self, size: int) -> str | None:
@@ -66,35 +89,42 @@ class ModelFamily:
         found = [getattr(pipeline, attr, None) for attr in self.transformer_attrs]
         return [module for module in found if module is not None]
 
-    def blocks(self, transformer: Any) -> Any:
-        """Return the block list (a `torch.nn.ModuleList`) of one transformer."""
-        return getattr(transformer, self.blocks_attr)
+    def blocks(self, transformer: Any) -> list[tuple[Any, int | None]]:
+        """Return every hookable block of one transformer, in depth order, with its hidden-state index."""
+        return [
+            (block, block_list.hidden_state_index)
+            for block_list in self.block_lists
+            for block in getattr(transformer, block_list.attr)
+        ]
+
+    def depth(self, transformer: Any) -> int:
+        return sum(len(getattr(transformer, block_list.attr)) for block_list in self.block_lists)
 
     def hidden_size(self, transformer: Any) -> int:
         """Return the width of the hidden states that leave a block."""
         config = transformer.config
         return int(config.num_attention_heads * config.attention_head_dim)
 
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        return guidance_scale > self.guidance_threshold
 
-WAN = ModelFamily(
-    name="wan",
-    pipeline_class="WanPipeline",
-    transformer_attrs=("transformer", "transformer_2"),
-    blocks_attr="blocks",
-    hidden_state_index=None,
-    # WanPipeline calls the transformer once for the conditional branch and once for the unconditional one.
-    guidance_layout="separate_calls",
-    # Wan's VAE compresses time by 4, so frame counts are 4k+1; diffusers rounds other counts with a warning.
-    frame_multiple=4,
-    spatial_multiple=16,
-    # Wan's UMT5 text encoder is run with max_sequence_length=512 by WanPipeline.
-    text_token_limit=512,
-    default_height=480,
-    default_width=832,
-    default_num_frames=81,
-)
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (WAN,)}
+# Modules that define families; each exports FAMILIES, a tuple of ModelFamily.
+_MODULES = ("wan",)
+
+
+def _load_families() -> dict[str, ModelFamily]:
+    families: dict[str, ModelFamily] = {}
+    for module_name in _MODULES:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        for family in module.FAMILIES:
+            if family.name in families:
+                raise RuntimeError(f"family {family.name!r} is defined twice")
+            families[family.name] = family
+    return families
+
+
+FAMILIES: dict[str, ModelFamily] = _load_families()
 
 
 def get_family(name: str) -> ModelFamily:
@@ -107,9 +137,11 @@ def get_family(name: str) -> ModelFamily:
 
 
 def family_for_pipeline(pipeline: Any) -> ModelFamily:
-    """Return the adapter whose pipeline class matches `pipeline`."""
+    """Return the adapter that handles `pipeline`: its class, then the adapter's own test where classes are shared."""
     class_name = type(pipeline).__name__
-    for family in FAMILIES.values():
-        if family.pipeline_class == class_name:
+    candidates = [family for family in FAMILIES.values() if family.pipeline_class == class_name]
+    # Adapters with a test are more specific than the plain one for the same class.
+    for family in sorted(candidates, key=lambda family: family.matches is None):
+        if family.matches is None or family.matches(pipeline):
             return family
     raise ValueError(f"no model family handles pipeline class {class_name}; known families: {', '.join(FAMILIES)}")
