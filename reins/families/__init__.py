@@ -110,7 +110,7 @@ class ModelFamily:
 
 
 # Modules that define families; each exports FAMILIES, a tuple of ModelFamily.
-_MODULES = ("wan",)
+_MODULES = ("wan", "cogvideox", "ltx", "allegro", "hunyuan", "mochi")
 
 
 def _load_families() -> dict[str, ModelFamily]:

@@ -38,7 +38,7 @@ class TinyModel:
     defaults: dict[str, GenerationDefaults]
 
 
-_MODULES = ("wan",)
+_MODULES = ("wan", "cogvideox", "ltx", "allegro", "hunyuan", "mochi")
 
 
 def _load_tiny_models() -> dict[str, TinyModel]:

@@ -1,0 +1,3 @@
+"""Adapters for allegro pipelines (filled in next)."""
+
+FAMILIES = ()

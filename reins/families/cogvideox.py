@@ -1,0 +1,3 @@
+"""Adapters for cogvideox pipelines (filled in next)."""
+
+FAMILIES = ()

@@ -1,0 +1,3 @@
+"""Adapters for hunyuan pipelines (filled in next)."""
+
+FAMILIES = ()

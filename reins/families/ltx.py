@@ -1,0 +1,3 @@
+"""Adapters for ltx pipelines (filled in next)."""
+
+FAMILIES = ()

@@ -1,0 +1,3 @@
+"""Adapters for mochi pipelines (filled in next)."""
+
+FAMILIES = ()

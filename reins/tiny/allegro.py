@@ -1,0 +1,3 @@
+"""Tiny allegro pipelines (filled in next)."""
+
+TINY_MODELS = ()

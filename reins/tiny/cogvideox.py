@@ -1,0 +1,3 @@
+"""Tiny cogvideox pipelines (filled in next)."""
+
+TINY_MODELS = ()

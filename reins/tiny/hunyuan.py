@@ -1,0 +1,3 @@
+"""Tiny hunyuan pipelines (filled in next)."""
+
+TINY_MODELS = ()

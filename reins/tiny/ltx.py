@@ -1,0 +1,3 @@
+"""Tiny ltx pipelines (filled in next)."""
+
+TINY_MODELS = ()

@@ -1,0 +1,3 @@
+"""Tiny mochi pipelines (filled in next)."""
+
+TINY_MODELS = ()
