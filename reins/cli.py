@@ -47,6 +47,32 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value}")
+    return value
+
+
+def _window_bound(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction of the schedule in [0, 1], got {value}")
+    return value
+
+
+def _check_window(args: argparse.Namespace) -> tuple[float, float]:
+    start, end = args.step_window
+    if start >= end:
+        raise UsageError(f"--step-window START must be below END, got {start} {end}")
+    return start, end
+
+
+def _add_steering_window(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--step-window", nargs=2, type=_window_bound, default=[0.0, 0.5], metavar=("START", "END"),
+                        help="fractions of the denoising schedule to steer or capture (default: 0 0.5)")
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-frames", type=_positive_int, help="frames to generate (Wan: 4k+1)")
     parser.add_argument("--height", type=_positive_int, help="height in pixels (Wan: a multiple of 16)")
@@ -64,7 +90,7 @@ def _generation_params(args: argparse.Namespace, model: str, family, prompt: str
     from reins.tiny import read_tiny_marker
 
     marker = read_tiny_marker(model) if Path(model).is_dir() else None
-    spec = marker["defaults"] if marker else {}
+    spec = marker.get("defaults", {}) if marker else {}
     params = GenerationParams(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -103,18 +129,80 @@ def _load(args: argparse.Namespace):
     return pipeline, family_for_pipeline(pipeline)
 
 
+def _load_image(args: argparse.Namespace, family):
+    """Open --image for image-to-video families; reject it for text-only ones."""
+    if family.image_input == "required" and args.image is None:
+        raise UsageError(f"--image is required for {family.name} models")
+    if family.image_input == "none" and args.image is not None:
+        raise UsageError(f"--image is not accepted by {family.name} models (text-to-video)")
+    if args.image is None:
+        return None
+    from reins.images import ImageError, load_image
+
+    try:
+        return load_image(args.image.read_bytes(), args.width_resolved, args.height_resolved)
+    except (OSError, ImageError) as error:
+        raise UsageError(f"--image {args.image}: {error}") from None
+
+
+def _load_judge(args: argparse.Namespace):
+    if args.judge is None:
+        return None
+    from reins.judges import ImageClassifierJudge
+
+    try:
+        return ImageClassifierJudge(args.judge, unsafe_labels=args.unsafe_label or ["unsafe"])
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--judge {args.judge}: {error}") from None
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from reins.discovery import discover, read_prompts
+
+    try:
+        prompts = read_prompts(args.prompts, require_labels=args.judge is None)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--prompts: {error}") from None
+    judge = _load_judge(args)
+    pipeline, family = _load(args)
+    params = _generation_params(args, args.model, family, prompt="")
+    args.width_resolved, args.height_resolved = params.width, params.height
+    image = _load_image(args, family)
+    report_path = args.report or args.out.with_suffix(".report.json")
+    try:
+        result = discover(pipeline, prompts, params, model_id=args.model_id or args.model, out=args.out,
+                          block_index=args.block, judge=judge, step_window=_check_window(args),
+                          test_fraction=args.test_fraction, image=image, report_path=report_path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    summary = {"direction": str(args.out), "report": str(report_path), "sha256": result.direction.metadata.sha256,
+               "block_index": result.direction.metadata.block_index,
+               "layers": [{k: row[k] for k in ("block", "probe_accuracy", "auc", "mean_norm")}
+                          for row in result.report["layers"]]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from reins.discovery import read_prompts
+    from reins.sweep import sweep, write_sweep
 
     try:
         prompts = read_prompts(args.prompts)
     except (OSError, ValueError) as error:
         raise UsageError(f"--prompts: {error}") from None
+    judge = _load_judge(args)
+    if judge is None:
+        raise UsageError("--judge is required: the steering effect is the judged unsafe rate")
     pipeline, family = _load(args)
     params = _generation_params(args, args.model, family, prompt="")
-    direction = discover(pipeline, prompts, params, model_id=args.model_id or args.model, out=args.out,
-                         block_index=args.block)
-    print(json.dumps({"out": str(args.out), **direction.metadata.__dict__}, indent=2))
+    try:
+        report = sweep(pipeline, prompts, params, judge, strengths=args.strength or [1.0], step_window=_check_window(args),
+                       heldout_fraction=args.heldout_fraction)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    json_path, png_path = write_sweep(report, args.out_dir)
+    print(json.dumps({"json": str(json_path), "plot": str(png_path)}, indent=2))
     return 0
 
 
@@ -134,6 +222,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UsageError(f"--direction: {error}") from None
     pipeline, family = _load(args)
     params = _generation_params(args, args.model, family, args.prompt, args.negative_prompt)
+    args.width_resolved, args.height_resolved = params.width, params.height
+    image = _load_image(args, family)
     steerer = steering = None
     if direction is not None:
         steerer = Steerer(pipeline, block_index=direction.metadata.block_index)
@@ -142,11 +232,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"--direction {args.direction} was fitted on a model with hidden size {direction.metadata.hidden_size} "
                 f"({direction.metadata.model_id}); {args.model} has hidden size {steerer.hidden_size}"
             )
-        steering = SteeringConfig(direction.vector, args.strength, direction.metadata.reference_norm)
-    frames = generate(pipeline, params, steerer, steering)
+        try:
+            steering = SteeringConfig(
+                direction.vector, args.strength, direction.metadata.reference_norm,
+                step_window=_check_window(args), branch_mode=args.branch_mode,
+                strength_mode="absolute" if args.absolute else "relative", preserve_norm=args.preserve_norm,
+                adaptive=args.adaptive, probe_reference=direction.probe_reference,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    frames = generate(pipeline, params, steerer, steering, image=image)
     write_mp4(frames, args.out, fps=args.fps)
     print(json.dumps({"out": str(args.out), "video": probe_mp4(args.out), "strength": args.strength,
-                      "block_index": steerer.block_index if steerer else None}, indent=2))
+                      "block_index": steerer.block_index if steerer else None,
+                      "probe_score": steerer.probe_scores()[0] if steerer and steerer.probe_scores() else None},
+                     indent=2))
     return 0
 
 
@@ -202,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--out", required=True, type=Path, help="direction file to write (.safetensors)")
     disc.add_argument("--block", type=int, help="block index to fit (default: half the depth)")
     disc.add_argument("--model-id", help="model id recorded in the file (default: --model)")
+    disc.add_argument("--report", type=Path, help="JSON report path (default: OUT with .report.json)")
+    disc.add_argument("--judge", help="label generations with this image classifier (folder or hub id) "
+                                      "instead of the prompt file's labels")
+    disc.add_argument("--unsafe-label", action="append", help="judge class counted as unsafe (repeatable; "
+                                                               "default: unsafe)")
+    disc.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share for the probe report")
+    disc.add_argument("--image", type=Path, help="input image, for image-to-video families")
+    _add_steering_window(disc)
     _add_generation_options(disc)
     disc.set_defaults(handler=cmd_discover)
 
@@ -213,7 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=_finite_float, default=1.0, help="multiple of the direction's reference norm")
     gen.add_argument("--out", required=True, type=Path, help="mp4 file to write")
     gen.add_argument("--fps", type=_positive_int, default=16)
+    gen.add_argument("--image", type=Path, help="input image, for image-to-video families")
+    gen.add_argument("--branch-mode", choices=["both", "cond"], default="both",
+                     help="steer both guidance branches or only the conditional one")
+    gen.add_argument("--absolute", action="store_true", help="--strength is an absolute vector length, not a "
+                                                             "multiple of the direction's reference norm")
+    gen.add_argument("--preserve-norm", action="store_true", help="rescale steered tokens to their original norm")
+    gen.add_argument("--adaptive", action="store_true", help="scale the strength by the probe score")
+    _add_steering_window(gen)
     _add_generation_options(gen)
+
+    swp = commands.add_parser("sweep", help="probe accuracy and steering effect for every block (JSON and PNG)")
+    swp.add_argument("--model", required=True, help="pipeline folder or hub id")
+    swp.add_argument("--prompts", required=True, type=Path, help='JSONL of {"prompt": ..., "label": ...}')
+    swp.add_argument("--judge", required=True, help="image classifier (folder or hub id) that scores videos")
+    swp.add_argument("--unsafe-label", action="append", help="judge class counted as unsafe (default: unsafe)")
+    swp.add_argument("--out-dir", required=True, type=Path, help="folder for sweep.json and sweep.png")
+    swp.add_argument("--strength", type=_finite_float, action="append",
+                     help="strength to test (repeatable; default: 1.0)")
+    swp.add_argument("--heldout-fraction", type=_fraction, default=0.3, help="share of prompts held out")
+    _add_steering_window(swp)
+    _add_generation_options(swp)
+    swp.set_defaults(handler=cmd_sweep)
     gen.set_defaults(handler=cmd_generate)
 
     api = commands.add_parser("api", help="run the HTTP API (settings from REINS_* variables)")

@@ -41,6 +41,11 @@ class DirectionMetadata:
     method: str = "class_mean_difference"
     model_revision: str = ""
     probe_accuracy: float | None = None
+    # Mean projections of the safe and unsafe discovery samples on the direction; they calibrate the probe score.
+    probe_safe_mean: float | None = None
+    probe_unsafe_mean: float | None = None
+    # Fractions of the denoising schedule whose hidden states were averaged.
+    step_window: list[float] | None = None
     sha256: str = ""
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -51,6 +56,14 @@ class Direction:
 
     vector: np.ndarray
     metadata: DirectionMetadata
+
+    @property
+    def probe_reference(self) -> tuple[float, float] | None:
+        """Return (safe mean, unsafe mean) projections for normalising probe scores, if the file has them."""
+        safe, unsafe = self.metadata.probe_safe_mean, self.metadata.probe_unsafe_mean
+        if safe is None or unsafe is None or safe == unsafe:
+            return None
+        return safe, unsafe
 
 
 def vector_sha256(vector: np.ndarray) -> str:
