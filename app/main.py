@@ -3,6 +3,7 @@ opens and closes Redis."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -49,10 +50,12 @@ def load_served_models(settings: Settings) -> dict[str, ServedModel]:
 class RequestContextMiddleware:
     """Rejects oversized bodies with 413 before reading them, sets `x-request-id`, and records request metrics."""
 
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, max_body_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_body_bytes
+        # A multipart request carries the image plus the text fields.
+        self.max_multipart_bytes = max_upload_bytes + max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,6 +65,8 @@ class RequestContextMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         started = time.perf_counter()
         status = {"code": 500}
+        is_multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        limit = self.max_multipart_bytes if is_multipart else self.max_json_bytes
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,11 +76,11 @@ class RequestContextMiddleware:
             await send(message)
 
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             response = error_response(
                 413,
                 "request_too_large",
-                f"request body is {int(declared)} bytes; the limit is {self.max_body_bytes} bytes "
+                f"request body is {int(declared)} bytes; the limit is {limit} bytes "
                 "(prompts are limited in characters, see the prompt field's limit in /docs)",
             )
             await response(scope, receive, send_with_id)
@@ -88,7 +93,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received["bytes"] += len(message.get("body", b""))
-                if received["bytes"] > self.max_body_bytes:
+                if received["bytes"] > limit:
                     raise _BodyTooLarge()
             return message
 
@@ -96,7 +101,7 @@ class RequestContextMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
             response = error_response(
-                413, "request_too_large", f"request body exceeds the limit of {self.max_body_bytes} bytes"
+                413, "request_too_large", f"request body exceeds the limit of {limit} bytes"
             )
             await response(scope, receive, send_with_id)
         finally:
@@ -149,5 +154,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generate.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_request_bytes,
+                       max_upload_bytes=settings.max_image_bytes)
+    app.openapi = lambda: _openapi_with_request_schemas(app)
     return app
+
+
+def _openapi_with_request_schemas(app: FastAPI) -> dict:
+    """Build the OpenAPI document once, adding the request schemas of `POST /v1/generate`.
+
+    The route reads JSON or multipart itself, so FastAPI does not see its body model.
+    """
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        from app.protocol import GenerateRequest
+
+        document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        json_schema = GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas["GenerateRequest"] = json_schema
+        form_schema = json.loads(json.dumps(json_schema))
+        form_schema["title"] = "GenerateRequestForm"
+        form_schema["properties"]["image"] = {
+            "type": "string", "format": "binary",
+            "description": "Input image of an image-to-video model (JPEG, PNG, WebP, GIF, BMP, TIFF).",
+        }
+        schemas["GenerateRequestForm"] = form_schema
+        app.openapi_schema = document
+    return app.openapi_schema

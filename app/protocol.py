@@ -59,6 +59,16 @@ class SteeringApplied(_Response):
     reference_norm: float
     step_window: tuple[float, float]
     branch_mode: str
+    model_revision: str | None = None
+
+
+class InputImage(_Response):
+    """The input image of an image-to-video job, as stored after decoding and fitting to the video size."""
+
+    sha256: str
+    source_width: int
+    source_height: int
+    source_format: str
 
 
 class JobParams(_Response):
@@ -74,6 +84,7 @@ class JobParams(_Response):
     seed: int
     prompt_tokens: int | None = None
     prompt_truncated: bool | None = None
+    input_image: InputImage | None = None
 
 
 class JobError(_Response):
@@ -94,6 +105,8 @@ class JobResult(_Response):
     frames_sha256: str
     # Block calls that the steering hook changed (0 when the strength is 0).
     steered_block_calls: int
+    # Projection of the unsteered hidden state on the direction: 0 near the safe discovery mean, 1 near the unsafe one.
+    probe_score: float | None = None
 
 
 class Job(_Response):

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     max_prompt_chars: int = Field(4000, ge=1)
     max_request_bytes: int = Field(64 * 1024, ge=1024)
+    # Limits on an input image (multipart requests): encoded bytes, and decoded pixels checked before decoding.
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"

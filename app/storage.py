@@ -12,10 +12,22 @@ from typing import Protocol
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
+def video_key(job_id: str) -> str:
+    """Return the storage key of a job's video."""
+    return f"{job_id}.mp4"
+
+
+def input_image_key(job_id: str) -> str:
+    """Return the storage key of a job's input image, as fitted to the video size by the API."""
+    return f"inputs/{job_id}.png"
+
+
 class Storage(Protocol):
     """Object store for finished videos. Keys are relative, slash-separated names such as `job_ab12.mp4`."""
 
     def put_file(self, key: str, source: Path) -> None: ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
 
     def open_path(self, key: str) -> Path | None:
         """Return a local path to read the object from, or None if it does not exist."""
@@ -46,6 +58,12 @@ class LocalStorage:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with tempfile.NamedTemporaryFile(prefix="reins-upload-") as handle:
+            handle.write(data)
+            handle.flush()
+            self.put_file(key, Path(handle.name))
 
     def open_path(self, key: str) -> Path | None:
         path = self._path(key)

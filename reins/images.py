@@ -15,6 +15,10 @@ class ImageError(ValueError):
     """An uploaded image cannot be used: too large, not an image, or in a format Pillow cannot decode."""
 
 
+class ImageTooLarge(ImageError):
+    """An uploaded image exceeds the byte or pixel limit."""
+
+
 def load_image(data: bytes, width: int, height: int, max_bytes: int = DEFAULT_MAX_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `data` and return an RGB image of exactly width x height (centre crop to the aspect, then resize).
@@ -26,14 +30,14 @@ def load_image(data: bytes, width: int, height: int, max_bytes: int = DEFAULT_MA
     if len(data) == 0:
         raise ImageError("the image is empty")
     if len(data) > max_bytes:
-        raise ImageError(f"the image is {len(data)} bytes; the limit is {max_bytes} bytes")
+        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             pixels = image.width * image.height
             if pixels > max_pixels:
-                raise ImageError(f"the image is {image.width}x{image.height} ({pixels} pixels); the limit is "
+                raise ImageTooLarge(f"the image is {image.width}x{image.height} ({pixels} pixels); the limit is "
                                  f"{max_pixels} pixels")
             image.seek(0)
             image.load()

@@ -88,8 +88,7 @@ class SteeringHook(ContextAwareHook):
         self.config: SteeringConfig | None = None
         self.calls_steered = 0
         self._vector: torch.Tensor | None = None
-        self._score_sum: torch.Tensor | None = None
-        self._score_calls = 0
+        self._score: torch.Tensor | None = None
         self._adaptive_factor: torch.Tensor | None = None
 
     def activate(self, config: SteeringConfig | None) -> None:
@@ -99,15 +98,17 @@ class SteeringHook(ContextAwareHook):
             return
         self._vector = torch.from_numpy(np.asarray(config.direction, dtype=np.float32))
         self.calls_steered = 0
-        self._score_sum, self._score_calls, self._adaptive_factor = None, 0, None
+        self._score, self._adaptive_factor = None, None
 
     def probe_scores(self) -> list[float] | None:
-        """Return each sample's mean probe score over the steered window, or None if nothing was measured."""
-        if self._score_sum is None or self._score_calls == 0:
-            return None
-        return (self._score_sum / self._score_calls).tolist()
+        """Return each sample's probe score, or None if no call inside the step window was seen.
 
-    def _score(self, hidden: torch.Tensor) -> torch.Tensor:
+        The score is taken at the first conditional call inside the window, before anything is added, so it reads
+        the unsteered hidden state and is the same whatever the strength.
+        """
+        return None if self._score is None else self._score.tolist()
+
+    def _probe(self, hidden: torch.Tensor) -> torch.Tensor:
         """Return the probe score of each row: 0 at the safe discovery mean, 1 at the unsafe one."""
         projection = (hidden.float() @ self._vector.to(hidden.device)).mean(dim=1).cpu()
         if self.config.probe_reference is None:
@@ -135,12 +136,10 @@ class SteeringHook(ContextAwareHook):
         rows = hidden.shape[0]
         branch = self.branch(rows)
         cond_rows = slice(rows // 2, None) if branch == "cond_uncond" else slice(None)
-        if branch != "uncond":
-            score = self._score(hidden[cond_rows])
-            self._score_sum = score if self._score_sum is None else self._score_sum + score
-            self._score_calls += 1
-            if self.config.adaptive and self._adaptive_factor is None:
-                self._adaptive_factor = score.clamp(0.0, 1.0)
+        if branch != "uncond" and self._score is None:
+            self._score = self._probe(hidden[cond_rows])
+            if self.config.adaptive:
+                self._adaptive_factor = self._score.clamp(0.0, 1.0)
 
         scales = self._row_scales(rows, branch)
         if scales is None or not bool((scales != 0).any()):

@@ -41,11 +41,41 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-wan")
 
 
-def write_config(folder: Path, model_dir: Path, direction: Path = SHIPPED_DIRECTION) -> Path:
-    """Write a server configuration with one tiny model and three tenants of different policies."""
+@pytest.fixture(scope="session")
+def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny Wan image-to-video pipeline and a random direction file for it."""
+    import numpy as np
+
+    from reins.directions import DirectionMetadata, save_direction
+    from reins.tiny import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("models")
+    model_dir = save_tiny_model(folder / "tiny-wan-i2v", family="wan-i2v")
+    direction = folder / "tiny-wan-i2v.safetensors"
+    metadata = DirectionMetadata(model_id="tiny-wan-i2v", family="wan-i2v", block_index=2, hidden_size=24,
+                                 reference_norm=3.0, label_source="random", num_safe=0, num_unsafe=0)
+    save_direction(direction, np.random.default_rng(0).normal(size=24), metadata)
+    return model_dir, direction
+
+
+def write_config(folder: Path, model_dir: Path, direction: Path = SHIPPED_DIRECTION,
+                 i2v: tuple[Path, Path] | None = None) -> Path:
+    """Write a server configuration with the tiny models and three tenants of different policies."""
+    i2v_section = ""
+    if i2v is not None:
+        i2v_section = f"""
+[models.tiny-wan-i2v]
+path = "{i2v[0]}"
+family = "wan-i2v"
+direction = "{i2v[1]}"
+default_num_frames = 9
+default_height = 32
+default_width = 32
+default_inference_steps = 4
+"""
     path = folder / "reins.toml"
     path.write_text(
-        f"""
+        i2v_section + f"""
 [models.tiny-wan]
 path = "{model_dir}"
 family = "wan"
@@ -83,12 +113,13 @@ max_strength = 1e30
 
 
 @pytest.fixture(scope="module")
-def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_model_dir: Path) -> dict[str, str]:
+def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_model_dir: Path,
+                tiny_i2v: tuple[Path, Path]) -> dict[str, str]:
     """Environment of one API and its workers: a key prefix of its own, so tests never see each other's jobs."""
     folder = tmp_path_factory.mktemp("service")
     return {
         "REINS_REDIS_URL": redis_url,
-        "REINS_CONFIG_FILE": str(write_config(folder, tiny_model_dir)),
+        "REINS_CONFIG_FILE": str(write_config(folder, tiny_model_dir, i2v=tiny_i2v)),
         "REINS_STORAGE_DIR": str(folder / "videos"),
         "REINS_KEY_PREFIX": "test-" + uuid.uuid4().hex[:8],
         "REINS_WORKER_METRICS_PORT": "0",

@@ -18,13 +18,16 @@ from worker.main import run_worker
 class MockRenderer:
     """Renders a deterministic gradient video of the requested size, reporting every step."""
 
-    def render(self, record: dict, on_step) -> tuple[np.ndarray, dict]:
+    def render(self, record: dict, on_step, image=None) -> tuple[np.ndarray, dict]:
         request = record["request"]
         for step in range(request["num_inference_steps"]):
             on_step(step, request["num_inference_steps"])
         rng = np.random.default_rng(request["seed"])
         shape = (request["num_frames"], request["height"], request["width"], 3)
         frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        if image is not None:
+            # The first frame is the input image, as in image-to-video models.
+            frames[0] = np.asarray(image)
         return frames, {"calls_steered": 0}
 
 

@@ -39,7 +39,7 @@ TOOLS_FILE = REPO_ROOT / ".ci" / "deploy-requirements.txt"
 SHIPPED_DIRECTION = REPO_ROOT / "directions" / "tiny-wan.safetensors"
 
 # Packages that only the worker and the method code import, so the API image must not install them.
-WORKER_ONLY_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "ftfy"}
+WORKER_ONLY_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "ftfy", "matplotlib"}
 # Values for the variables that docker-compose.yml requires. The Grafana one is a marker to find in the output.
 COMPOSE_VARIABLES = {
     "GRAFANA_ADMIN_PASSWORD": "grafana-test-password-5f1c",

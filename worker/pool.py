@@ -47,7 +47,7 @@ class PipelinePool:
             logger.info("model %s ready: direction %s block %d", model.name, direction.metadata.sha256[:12],
                         direction.metadata.block_index)
 
-    def render(self, record: dict, on_step: Callable[[int, int], None]) -> tuple[np.ndarray, dict]:
+    def render(self, record: dict, on_step: Callable[[int, int], None], image: Any = None) -> tuple[np.ndarray, dict]:
         """Run the job described by a job record; return frames and facts to add to the record."""
         loaded = self.models[record["model"]]
         steering = record["steering"]
@@ -64,9 +64,16 @@ class PipelinePool:
             reference_norm=loaded.direction.metadata.reference_norm,
             step_window=tuple(steering["step_window"]),
             branch_mode=steering["branch_mode"],
+            probe_reference=loaded.direction.probe_reference,
         )
         tokens = count_prompt_tokens(loaded.pipeline, params.prompt)
         limit = loaded.steerer.family.text_token_limit
-        frames = generate(loaded.pipeline, params, loaded.steerer, config, on_step=on_step)
-        facts = {"prompt_tokens": tokens, "prompt_truncated": tokens > limit, "calls_steered": loaded.steerer.calls_steered}
+        frames = generate(loaded.pipeline, params, loaded.steerer, config, on_step=on_step, image=image)
+        scores = loaded.steerer.probe_scores()
+        facts = {
+            "prompt_tokens": tokens,
+            "prompt_truncated": tokens > limit,
+            "calls_steered": loaded.steerer.calls_steered,
+            "probe_score": None if scores is None else round(float(scores[0]), 6),
+        }
         return frames, facts

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from app.jobs import JobNotFound, JobStore, utc_now
-from app.storage import Storage
+from app.storage import Storage, input_image_key, video_key
 from reins.video import write_mp4
 from worker.metrics import WorkerMetrics
 
@@ -27,13 +27,14 @@ logger = logging.getLogger(__name__)
 class Renderer(Protocol):
     """Turns a job record into frames; `PipelinePool` in production, a numpy stand-in in API tests."""
 
-    def render(self, record: dict, on_step) -> tuple[np.ndarray, dict]: ...
+    def render(self, record: dict, on_step, image=None) -> tuple[np.ndarray, dict]: ...
 
 
 def error_code(error: BaseException) -> str:
     """Return the job error code recorded for an exception raised while running a job."""
     names = {
         "NonFiniteLatentsError": "non_finite_latents",
+        "FileNotFoundError": "input_missing",
         "JobTimeoutException": "timeout",
         "DirectionMismatch": "direction_mismatch",
     }
@@ -75,9 +76,10 @@ class WorkerRuntime:
             self.jobs.update(job_id, progress=round(0.95 * (step_index + 1) / num_steps, 4))
 
         try:
-            frames, facts = self.renderer.render(record, on_step)
+            image = self._input_image(record)
+            frames, facts = self.renderer.render(record, on_step, image)
             encode_started = time.perf_counter()
-            key = f"{job_id}.mp4"
+            key = video_key(job_id)
             with tempfile.TemporaryDirectory(prefix="reins-") as folder:
                 path = Path(folder) / key
                 write_mp4(frames, path, fps=self.fps, metadata=self._video_metadata(record))
@@ -112,19 +114,35 @@ class WorkerRuntime:
                 "width": int(frames.shape[2]),
                 "frames_sha256": hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest(),
                 "steered_block_calls": int(facts.get("calls_steered", 0)),
+                "probe_score": facts.get("probe_score"),
             },
         )
         self.metrics.jobs_total.labels(model, "completed").inc()
         logger.info("job %s: completed in %.2fs (%s)", job_id, time.perf_counter() - started, facts)
         return {"status": "completed"}
 
+    def _input_image(self, record: dict):
+        """Return the stored input image of an image-to-video job, or None for a text-to-video job."""
+        if not record["request"].get("input_image"):
+            return None
+        from PIL import Image
+
+        path = self.storage.open_path(input_image_key(record["id"]))
+        if path is None:
+            raise FileNotFoundError(f"input image of job {record['id']} is missing from storage")
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
     @staticmethod
     def _video_metadata(record: dict) -> dict[str, str]:
+        """Return mp4 metadata that is enough to regenerate the video: model, seed and the steering applied."""
         steering = record["steering"]
+        window = steering["step_window"]
         return {
             "comment": (
-                f"reins job={record['id']} model={record['model']} seed={record['request']['seed']} "
-                f"strength={steering['strength']} block={steering['block_index']} "
+                f"reins job={record['id']} model={record['model']} revision={steering.get('model_revision') or '-'} "
+                f"seed={record['request']['seed']} strength={steering['strength']} block={steering['block_index']} "
+                f"window={window[0]}-{window[1]} branch={steering['branch_mode']} "
                 f"direction_sha256={steering['direction_sha256']}"
             )
         }

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from app.config import TenantConfig
 from app.deps import Tenant
 from app.errors import APIError
 from app.jobs import new_job_id, utc_now
-from app.protocol import ErrorResponse, GenerateRequest, Job, JobParams, SteeringApplied
+from app.protocol import ErrorResponse, GenerateRequest, InputImage, Job, JobParams, SteeringApplied
 from app.queue import enqueue_job
+from app.storage import input_image_key
 from app.tokens import count_tokens
 
 logger = logging.getLogger(__name__)
@@ -25,6 +34,58 @@ BRANCH_MODE = "both"
 
 def _invalid(field: str, message: str) -> APIError:
     return APIError(422, "invalid_request", f"{field}: {message}", field)
+
+
+IMAGE_FIELD = "image"
+_INTEGER_FIELDS = {"num_frames", "height", "width", "num_inference_steps", "seed"}
+_NUMBER_FIELDS = {"guidance_scale", "steering_strength"}
+
+
+def _form_value(name: str, text: str) -> Any:
+    """Convert a multipart text field to the JSON type of its GenerateRequest field; leave it as text if it is not
+    one, so that validation reports the field and the value."""
+    try:
+        if name in _INTEGER_FIELDS:
+            return int(text)
+        if name in _NUMBER_FIELDS:
+            return float(text)
+    except ValueError:
+        return text
+    return text
+
+
+async def _read_body(request: Request) -> tuple[GenerateRequest, UploadFile | None]:
+    """Parse a JSON body, or a multipart form whose file part `image` is the input image."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=32)
+        values: dict[str, Any] = {}
+        image = None
+        for name, value in form.multi_items():
+            if name in values or (name == IMAGE_FIELD and image is not None):
+                raise APIError(422, "invalid_request", f"{name}: given more than once", name)
+            if isinstance(value, UploadFile):
+                if name != IMAGE_FIELD:
+                    raise APIError(422, "invalid_request", f"{name}: only the {IMAGE_FIELD!r} part may be a file", name)
+                image = value
+            elif name == IMAGE_FIELD:
+                raise APIError(422, "invalid_request", f"{IMAGE_FIELD}: must be a file part, got a text field", name)
+            else:
+                values[name] = _form_value(name, value)
+    elif content_type in ("application/json", ""):
+        try:
+            values = json.loads(await request.body())
+        except ValueError as error:
+            raise APIError(422, "invalid_request", f"request body is not valid JSON: {error}") from None
+        image = None
+    else:
+        raise APIError(415, "unsupported_media_type",
+                       f"content-type {content_type!r} is not accepted; send application/json, or "
+                       "multipart/form-data with an image part")
+    try:
+        return GenerateRequest.model_validate(values), image
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
 
 
 def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfig) -> tuple:
@@ -85,6 +146,7 @@ def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfi
         prompt_truncated=None if tokens is None else tokens > family.text_token_limit,
     )
     steering = SteeringApplied(
+        model_revision=model.revision,
         strength=strength,
         strength_source=source,
         direction_sha256=served.direction.sha256,
@@ -96,24 +158,52 @@ def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfi
     return params, steering
 
 
-@router.post(
-    "/generate",
-    status_code=202,
-    response_model=Job,
-    responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
-    summary="Queue a steered video generation",
-)
-def create_generation(request: Request, body: GenerateRequest, tenant: Tenant) -> Job:
-    metrics = request.app.state.metrics
+def _fit_image(request: Request, upload_bytes: bytes, params: JobParams) -> tuple[bytes, InputImage]:
+    """Decode the uploaded image, fit it to the video size and return it as PNG with its description."""
+    from PIL import Image
+
+    from reins.images import ImageError, ImageTooLarge, load_image
+
     settings = request.app.state.settings
     try:
-        params, steering = _resolve_params(request, body, tenant)
-    except APIError as error:
-        metrics.jobs_rejected_total.labels(error.code).inc()
-        raise
+        with Image.open(io.BytesIO(upload_bytes)) as probe:
+            source = (probe.width, probe.height, probe.format or "unknown")
+    except Exception:
+        source = None
+    try:
+        image = load_image(upload_bytes, params.width, params.height, settings.max_image_bytes,
+                           settings.max_image_pixels)
+    except ImageTooLarge as error:
+        raise APIError(413, "image_too_large", f"{IMAGE_FIELD}: {error}", IMAGE_FIELD) from None
+    except ImageError as error:
+        raise APIError(422, "invalid_image", f"{IMAGE_FIELD}: {error}", IMAGE_FIELD) from None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    width, height, fmt = source or (image.width, image.height, "unknown")
+    return data, InputImage(sha256=hashlib.sha256(data).hexdigest(), source_width=width, source_height=height,
+                            source_format=fmt)
+
+
+def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenant: TenantConfig) -> Job:
+    """Validate, store the input image, write the job record and enqueue it. Runs in a worker thread."""
+    settings = request.app.state.settings
+    params, steering = _resolve_params(request, body, tenant)
+    family = request.app.state.models[body.model].config.adapter
+    if family.image_input == "required" and upload is None:
+        raise _invalid(IMAGE_FIELD, f"{body.model} is an image-to-video model; send the image as a multipart file "
+                                    f"part named {IMAGE_FIELD!r}")
+    if family.image_input == "none" and upload is not None:
+        raise _invalid(IMAGE_FIELD, f"{body.model} is a text-to-video model and takes no image")
+
+    job_id = new_job_id()
+    if upload is not None:
+        png, described = _fit_image(request, upload, params)
+        params = params.model_copy(update={"input_image": described})
+        request.app.state.storage.put_bytes(input_image_key(job_id), png)
 
     job = Job(
-        id=new_job_id(),
+        id=job_id,
         tenant=tenant.name,
         model=body.model,
         status="queued",
@@ -130,10 +220,50 @@ def create_generation(request: Request, body: GenerateRequest, tenant: Tenant) -
         logger.exception("job %s: enqueue failed, removing its record", job.id)
         request.app.state.jobs.delete(job.id)
         raise
+    return job
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=Job,
+    responses={
+        401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    },
+    summary="Queue a steered video generation",
+    description=(
+        "Send the fields as JSON, or as a multipart form with the input image of an image-to-video model in a file "
+        f"part named `{IMAGE_FIELD}`. The image is oriented by its EXIF tag, converted to RGB and centre-cropped and "
+        "resized to the requested size."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}},
+                "multipart/form-data": {"schema": {"$ref": "#/components/schemas/GenerateRequestForm"}},
+            },
+        }
+    },
+)
+async def create_generation(request: Request, tenant: Tenant) -> Job:
+    metrics = request.app.state.metrics
+    try:
+        body, image = await _read_body(request)
+        upload = None
+        if image is not None:
+            upload = await image.read(request.app.state.settings.max_image_bytes + 1)
+        job = await run_in_threadpool(_accept, request, body, upload, tenant)
+    except APIError as error:
+        metrics.jobs_rejected_total.labels(error.code).inc()
+        raise
+
     metrics.jobs_submitted_total.labels(body.model, tenant.name).inc()
+    params, steering = job.request, job.steering
     logger.info(
-        "job %s: queued model=%s tenant=%s strength=%s (%s) frames=%d size=%dx%d steps=%d",
+        "job %s: queued model=%s tenant=%s strength=%s (%s) frames=%d size=%dx%d steps=%d image=%s",
         job.id, body.model, tenant.name, steering.strength, steering.strength_source,
-        params.num_frames, params.width, params.height, params.num_inference_steps,
+        params.num_frames, params.width, params.height, params.num_inference_steps, params.input_image is not None,
     )
     return job

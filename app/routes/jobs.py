@@ -9,6 +9,7 @@ from app.deps import Tenant
 from app.errors import APIError
 from app.jobs import JobNotFound
 from app.protocol import ErrorResponse, Job
+from app.storage import video_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -41,7 +42,7 @@ def get_job_content(request: Request, job_id: str, tenant: Tenant) -> FileRespon
     job = _tenant_job(request, job_id, tenant.name)
     if job.status != "completed":
         raise APIError(409, "job_not_completed", f"job {job_id} is {job.status}; content exists once it is completed")
-    path = request.app.state.storage.open_path(f"{job_id}.mp4")
+    path = request.app.state.storage.open_path(video_key(job_id))
     if path is None:
         raise APIError(404, "content_not_found", f"the video of job {job_id} is no longer stored")
     return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")

@@ -245,3 +245,100 @@ def test_worker_metrics_after_job(client, api_headers, mock_worker):
     assert 'reins_worker_job_duration_seconds_count{model="tiny-wan"}' in text
     assert job["id"] not in text
 
+
+
+def png_bytes(width: int, height: int, color=(200, 30, 30), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def submit_form(client, headers, fields: dict, image: bytes, filename: str = "photo.png"):
+    files = {"image": (filename, image, "application/octet-stream")}
+    return client.post("/v1/generate", data={name: str(value) for name, value in fields.items()}, files=files,
+                       headers=headers)
+
+
+def test_image_to_video_job_completes(client, api_headers, mock_worker, tmp_path):
+    response = submit_form(client, api_headers["alpha"], {"model": "tiny-wan-i2v", "prompt": "a red ball", "seed": "4",
+                                                           "steering_strength": "0.5"}, png_bytes(300, 200))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["request"]["seed"] == 4
+    assert job["steering"]["strength"] == 0.5
+    image = job["request"]["input_image"]
+    assert (image["source_width"], image["source_height"], image["source_format"]) == (300, 200, "PNG")
+    done = wait_for_job(client, job["id"], api_headers["alpha"])
+    assert done["status"] == "completed", done
+    path = tmp_path / "v.mp4"
+    path.write_bytes(client.get(done["result"]["url"], headers=api_headers["alpha"]).content)
+    assert probe_mp4(path)["frames"] == 9
+
+
+def test_form_fields_are_validated(client, api_headers):
+    for fields, field in (
+        ({"model": "tiny-wan-i2v", "prompt": "x", "guidance_scale": "NaN"}, "guidance_scale"),
+        ({"model": "tiny-wan-i2v", "prompt": "x", "num_frames": "ten"}, "num_frames"),
+        ({"model": "tiny-wan-i2v", "prompt": "x", "colour": "red"}, "colour"),
+    ):
+        response = submit_form(client, api_headers["alpha"], fields, png_bytes(32, 32))
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == field
+
+
+def test_image_model_without_image_is_422(client, api_headers):
+    response = submit(client, api_headers["alpha"], model="tiny-wan-i2v")
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "image"
+    assert "image-to-video" in response.json()["error"]["message"]
+
+
+def test_text_model_with_image_is_422(client, api_headers):
+    response = submit_form(client, api_headers["alpha"], {"model": "tiny-wan", "prompt": "x"}, png_bytes(32, 32))
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "image"
+    assert "text-to-video" in response.json()["error"]["message"]
+
+
+def test_undecodable_image_is_422(client, api_headers):
+    response = submit_form(client, api_headers["alpha"], {"model": "tiny-wan-i2v", "prompt": "x"},
+                           b"\x89PNG\r\n\x1a\n not really")
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_image", "image")
+
+
+def test_oversized_image_is_413(client, api_headers):
+    huge = png_bytes(7000, 7000, mode="L", color=0)
+    response = submit_form(client, api_headers["alpha"], {"model": "tiny-wan-i2v", "prompt": "x"}, huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "image_too_large"
+    assert "49000000 pixels" in response.json()["error"]["message"]
+
+
+def test_phone_formats_are_accepted(client, api_headers):
+    for mode, fmt in (("RGBA", "PNG"), ("CMYK", "JPEG"), ("P", "GIF"), ("RGB", "WEBP")):
+        response = submit_form(client, api_headers["alpha"], {"model": "tiny-wan-i2v", "prompt": "x"},
+                               png_bytes(40, 64, color=None if mode == "P" else (10, 20, 30, 40)[: len(mode)],
+                                         mode=mode, fmt=fmt))
+        assert response.status_code == 202, (fmt, response.text)
+
+
+def test_other_content_type_is_415(client, api_headers):
+    response = client.post("/v1/generate", content=b"model=tiny-wan",
+                           headers={**api_headers["alpha"], "content-type": "text/plain"})
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_openapi_describes_both_bodies(client):
+    document = client.get("/openapi.json").json()
+    body = document["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    schemas = document["components"]["schemas"]
+    assert "steering_strength" in schemas["GenerateRequest"]["properties"]
+    assert schemas["GenerateRequestForm"]["properties"]["image"]["format"] == "binary"

@@ -160,3 +160,57 @@ def test_bfloat16_pipeline_is_steered(tiny_model_dir):
     steered = generate(pipeline, PARAMS, steerer, config(1.0))
     assert steerer.calls_steered == 4
     assert not np.array_equal(plain, steered)
+
+
+def capture_steered_block(pipeline, steerer, steering):
+    """Return the steered block's first output (conditional call at step 0) after the hook."""
+    outputs = []
+    handle = pipeline.transformer.blocks[2].register_forward_hook(
+        lambda module, args, output: outputs.append(output.detach().clone())
+    )
+    try:
+        generate(pipeline, PARAMS, steerer, steering)
+    finally:
+        handle.remove()
+    return outputs[0]
+
+
+def test_absolute_strength_ignores_reference_norm(pipeline, steerer):
+    plain = capture_steered_block(pipeline, steerer, config(0.0))
+    steered = capture_steered_block(pipeline, steerer, config(0.5, strength_mode="absolute"))
+    added = (steered - plain)[0, 0]
+    assert torch.isclose(added.norm(), torch.tensor(0.5), atol=1e-5)
+
+
+def test_preserve_norm_keeps_token_norms(pipeline, steerer):
+    plain = capture_steered_block(pipeline, steerer, config(0.0))
+    steered = capture_steered_block(pipeline, steerer, config(1.0, preserve_norm=True))
+    assert torch.allclose(steered.norm(dim=-1), plain.norm(dim=-1), rtol=1e-5)
+    assert not torch.allclose(steered, plain)
+
+
+def test_probe_score_is_independent_of_strength(pipeline, steerer):
+    direction = load_direction(SHIPPED_DIRECTION)
+    scores = []
+    for strength in (0.0, 1.0):
+        generate(pipeline, PARAMS, steerer, config(strength, probe_reference=direction.probe_reference))
+        scores.append(steerer.probe_scores())
+    assert scores[0] == scores[1]
+    assert len(scores[0]) == 1
+
+
+def test_adaptive_scales_by_probe_score(pipeline, steerer):
+    direction = load_direction(SHIPPED_DIRECTION)
+    safe, unsafe = direction.probe_reference
+    plain = capture_steered_block(pipeline, steerer, config(0.0))
+    projection = float((plain[0].float() @ torch.from_numpy(direction.vector)).mean())
+    expected_factor = min(max((safe - projection) / (safe - unsafe), 0.0), 1.0)
+    fixed = capture_steered_block(pipeline, steerer, config(1.0))
+    adaptive = capture_steered_block(pipeline, steerer, config(1.0, adaptive=True,
+                                                               probe_reference=direction.probe_reference))
+    assert torch.allclose(adaptive - plain, (fixed - plain) * expected_factor, atol=1e-5)
+
+
+def test_adaptive_needs_probe_reference():
+    with pytest.raises(ValueError, match="probe_reference"):
+        SteeringConfig(np.ones(24, dtype=np.float32), 1.0, 1.0, adaptive=True)

@@ -33,7 +33,7 @@ class RecordingRenderer:
         self.fail_at_step = fail_at_step
         self.seen: list[tuple[str, float]] = []
 
-    def render(self, job: dict, on_step):
+    def render(self, job: dict, on_step, image=None):
         steps = job["request"]["num_inference_steps"]
         for step in range(steps):
             if step == self.fail_at_step:

@@ -81,6 +81,26 @@ def test_steered_output_differs_from_unsteered(client, api_headers, worker):
     assert steered["result"]["frames_sha256"] != unsteered["result"]["frames_sha256"]
     assert steered["result"]["steered_block_calls"] == 4
     assert unsteered["result"]["steered_block_calls"] == 0
+    # The probe score reads the hidden state before the add, so it is the same with and without steering.
+    assert steered["result"]["probe_score"] == pytest.approx(unsteered["result"]["probe_score"], abs=1e-5)
+
+
+def test_image_to_video_on_real_worker(client, api_headers, worker, tmp_path):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (220, 40, 40)).save(buffer, format="JPEG")
+    response = client.post("/v1/generate", data={"model": "tiny-wan-i2v", "prompt": PROMPT, "seed": "2"},
+                           files={"image": ("red.jpg", buffer.getvalue(), "image/jpeg")}, headers=api_headers["alpha"])
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["id"], api_headers["alpha"])
+    assert job["status"] == "completed", job
+    assert job["result"]["steered_block_calls"] == 4
+    path = tmp_path / "i2v.mp4"
+    path.write_bytes(client.get(job["result"]["url"], headers=api_headers["alpha"]).content)
+    assert probe_mp4(path)["frames"] == 9
 
 
 def test_strength_zero_matches_unhooked_pipeline(client, api_headers, worker, pristine_frames_sha256):
