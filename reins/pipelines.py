@@ -52,7 +52,8 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", revisio
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     pipeline = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype, revision=revision)
-    family_for_pipeline(pipeline)  # Reject an unsupported pipeline class before any work.
+    family = family_for_pipeline(pipeline)  # Reject an unsupported pipeline class before any work.
+    family.prepare_pipeline(pipeline)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     logger.info("loaded %s from %s on %s as %s", type(pipeline).__name__, model, device, torch_dtype)
@@ -101,6 +102,8 @@ def _call_arguments(family: ModelFamily, batch: list[GenerationParams], image: A
     if family.image_input == "required":
         if image is None:
             raise ValueError(f"{family.name} models need an input image")
+        if family.image_per_sample and not single and not isinstance(image, list):
+            image = [image] * len(batch)
         arguments["image"] = image
     elif image is not None:
         raise ValueError(f"{family.name} models take no input image")

@@ -46,6 +46,8 @@ class ModelFamily:
     # Pipeline attributes that hold transformers, in denoising order. Missing or None attributes are skipped.
     transformer_attrs: tuple[str, ...] = ("transformer",)
     image_input: ImageInput = "none"
+    # The pipeline takes one input image per sample of a batch, so `generate` repeats a single image for each sample.
+    image_per_sample: bool = False
     # Name of the pipeline argument that sets classifier-free guidance.
     guidance_argument: str = "guidance_scale"
     # Smallest guidance value that turns on the unconditional branch.
@@ -107,6 +109,9 @@ class ModelFamily:
 
     def uses_guidance(self, guidance_scale: float) -> bool:
         return guidance_scale > self.guidance_threshold
+
+    def prepare_pipeline(self, pipeline: Any) -> None:
+        """Apply settings that this family's pipeline needs to run and `from_pretrained` does not restore."""
 
 
 # Modules that define families; each exports FAMILIES, a tuple of ModelFamily.
