@@ -1,22 +1,16 @@
-"""The server configuration file: the models this deployment serves and its tenants.
+"""The server configuration file: the models this deployment serves.
 
-It is TOML, read with the standard library, by the API and the worker alike:
+It is TOML, read with the standard library, by the API and the worker alike. Tenants live in a file of their own,
+managed with `reins tenants` (see `app.tenants`).
 
     [models.tiny-wan]
     path = "./models/tiny-wan"          # a hub id, or a folder: absolute, or starting with "./" or "../"
     family = "wan"
     direction = "directions/tiny-wan.safetensors"
-
-    [tenants.demo]
-    api_key_sha256 = "..."              # sha256 hex digest of the key; the key itself is never stored
-    default_strength = 1.0
-    min_strength = 0.0
-    max_strength = 2.0
 """
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from pathlib import Path
 
@@ -62,36 +56,10 @@ class ModelConfig(_Strict):
         return get_family(self.family)
 
 
-class TenantConfig(_Strict):
-    """One tenant: the hash of its API key and its steering policy."""
-
-    name: str = ""
-    api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    default_strength: float
-    min_strength: float
-    max_strength: float
-    models: list[str] | None = None  # None: every configured model
-
-    @model_validator(mode="after")
-    def _check_range(self) -> "TenantConfig":
-        if not self.min_strength <= self.default_strength <= self.max_strength:
-            raise ValueError(
-                f"need min_strength <= default_strength <= max_strength, got "
-                f"{self.min_strength}, {self.default_strength}, {self.max_strength}"
-            )
-        return self
-
-
 class ServerConfig(_Strict):
     """Everything in the configuration file."""
 
     models: dict[str, ModelConfig]
-    tenants: dict[str, TenantConfig]
-
-
-def hash_api_key(key: str) -> str:
-    """Return the sha256 hex digest under which an API key is stored."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def load_config(path: str | Path) -> ServerConfig:
@@ -113,15 +81,16 @@ def load_config(path: str | Path) -> ServerConfig:
             if isinstance(value, str) and not Path(value).is_absolute() and (key == "direction" or value.startswith(".")):
                 entry[key] = str(base / value)
         models[name] = entry
-    tenants = {name: dict(entry, name=name) for name, entry in raw.get("tenants", {}).items()}
+    if "tenants" in raw:
+        raise ConfigError(f"{path}: tenants belong in the tenants file (REINS_TENANTS_FILE), managed with "
+                          "'reins tenants'")
+    unknown = set(raw) - {"models"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; expected [models.NAME] sections")
     try:
-        config = ServerConfig(models=models, tenants=tenants)
+        config = ServerConfig(models=models)
     except ValidationError as error:
         raise ConfigError(f"{path}: {error}") from None
     if not config.models:
         raise ConfigError(f"{path}: no [models.NAME] section")
-    for tenant in config.tenants.values():
-        unknown = set(tenant.models or ()) - set(config.models)
-        if unknown:
-            raise ConfigError(f"{path}: tenant {tenant.name!r} allows unknown models {sorted(unknown)}")
     return config

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.config import TenantConfig
+from app.tenants import TenantConfig
 from app.errors import APIError
 
 _bearer = HTTPBearer(auto_error=False, description="The tenant's API key.")

@@ -17,10 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import ModelConfig
 from app.errors import error_response, install_error_handlers
 from app.jobs import JobStore
+from app.limits import IdempotencyKeys
 from app.metrics import ApiMetrics
 from app.routes import generate, health, jobs
 from app.settings import Settings
-from app.storage import LocalStorage
+from app.storage import make_storage
 from app.tenants import TenantRegistry
 from app.tokens import load_token_counter
 from reins.directions import DirectionMetadata, load_direction
@@ -125,13 +126,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ApiMetrics()
     models = load_served_models(settings)
-    tenants = TenantRegistry(settings.server_config)
+    tenants = TenantRegistry(settings.tenants_file, list(models))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         redis = Redis.from_url(settings.redis_url)
         app.state.redis = redis
         app.state.jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
+        app.state.idempotency = IdempotencyKeys(redis, settings.key_prefix, settings.job_ttl_seconds)
         logger.info("api started: models=%s redis=%s", ",".join(models), redis.connection_pool.connection_kwargs.get("host"))
         try:
             yield
@@ -149,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.models = models
     app.state.tenants = tenants
-    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.storage = make_storage(settings)
     install_error_handlers(app)
     app.include_router(generate.router)
     app.include_router(jobs.router)

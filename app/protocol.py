@@ -9,7 +9,7 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -36,7 +36,18 @@ class GenerateRequest(_Request):
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    # Multiple of the direction's reference norm, within the tenant's allowed range.
     steering_strength: float | None = None
+    # A named strength from the tenant's presets (for example "light" or "strict"); excludes steering_strength.
+    steering_preset: str | None = Field(None, min_length=1, max_length=64)
+    # URL that receives this job's signed events, in addition to the tenant's webhook.
+    webhook_url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _one_strength_source(self) -> "GenerateRequest":
+        if self.steering_strength is not None and self.steering_preset is not None:
+            raise ValueError("send steering_strength or steering_preset, not both")
+        return self
 
     @field_validator("guidance_scale", "steering_strength", mode="before")
     @classmethod
@@ -53,7 +64,8 @@ class SteeringApplied(_Response):
     """The steering a job runs with, recorded on the job."""
 
     strength: float
-    strength_source: Literal["request", "tenant_default"]
+    # "request", "tenant_default" or "preset:<name>".
+    strength_source: str
     direction_sha256: str
     block_index: int
     reference_norm: float
@@ -137,3 +149,19 @@ class ErrorResponse(_Response):
     """The shape of every 4xx and 5xx body."""
 
     error: ErrorBody
+
+
+class JobList(_Response):
+    """One page of a tenant's jobs, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[Job]
+    has_more: bool
+    # Pass as `after` to get the next page.
+    last_id: str | None = None
+
+
+class DeletedJob(_Response):
+    id: str
+    object: Literal["job.deleted"] = "job.deleted"
+    deleted: bool = True

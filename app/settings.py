@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.config import ServerConfig, load_config
@@ -16,9 +18,34 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REINS_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # TOML file with the served models and the tenants; relative paths inside it are relative to the file.
+    # TOML file with the served models; relative paths inside it are relative to the file.
     config_file: Path = Path("reins.toml")
+    # TOML file with the tenants, managed by 'reins tenants'; the API reloads it when it changes.
+    tenants_file: Path = Path("tenants.toml")
+    # Where videos and input images are stored: a local folder (storage_dir) or an S3-compatible bucket.
+    storage_backend: Literal["local", "s3"] = "local"
     storage_dir: Path = Path("var/videos")
+    s3_bucket: str = ""
+    # Key prefix inside the bucket, such as "reins/videos". Empty stores objects at the bucket's top level.
+    s3_prefix: str = ""
+    # Endpoint the API and the worker use, such as http://minio:9000. Empty means AWS S3 in s3_region.
+    s3_endpoint_url: str = ""
+    # Endpoint that clients reach, such as http://localhost:9000. Presigned URLs are signed for it because SigV4
+    # signs the host. Empty means s3_endpoint_url.
+    s3_public_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    # Without a key id and secret, boto3's default credential chain applies (environment, ~/.aws, instance role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # "path" (bucket in the URL path) suits MinIO and SeaweedFS, and "virtual" puts the bucket in the host name.
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Tries of each S3 request (uploads, and also reads and deletes) on connection errors, timeouts and 5xx
+    # responses, with exponential backoff from 0.5 s (with jitter, capped at 20 s). The readiness check tries once.
+    s3_upload_attempts: int = Field(4, ge=1, le=20)
+    presigned_url_ttl_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # How `GET /v1/jobs/{id}/content` delivers a video: "redirect" returns a 307 redirect to a presigned URL when
+    # the backend has them (S3), and "stream" sends the bytes through the API. The local backend always streams.
+    content_delivery: Literal["stream", "redirect"] = "stream"
     # Prefix of every Redis key and RQ queue name, so that several deployments can share one Redis.
     key_prefix: str = "reins"
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
@@ -30,6 +57,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+    # Server-sent events: how often a stream checks the job, and how long one stream may stay open.
+    events_poll_seconds: float = Field(0.25, gt=0)
+    events_max_seconds: float = Field(3600, gt=0)
+    # "reject": answer 503 for a model that no live worker serves; "accept": queue it until a worker comes.
+    queue_without_worker: Literal["reject", "accept"] = "reject"
+    # Deliver webhooks to private, loopback and link-local addresses (off by default: a tenant's URL must not
+    # reach the deployment's internal services).
+    webhook_allow_private_addresses: bool = False
 
     # Worker settings.
     worker_models: list[str] = Field(default_factory=list)  # empty: every model in the config file

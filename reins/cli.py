@@ -274,6 +274,57 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from app.settings import Settings
+    from app.tenants import (TenantsFileError, add_api_key, create_tenant, delete_tenant, load_tenants,
+                             revoke_api_key)
+
+    path = args.file or Settings().tenants_file
+    try:
+        if args.action == "create":
+            presets = dict(_parse_preset(item) for item in args.preset) if args.preset else None
+            tenant, key = create_tenant(
+                path, args.name, args.default_strength, args.min_strength, args.max_strength, presets=presets,
+                models=args.models.split(",") if args.models else None,
+                rate_limit_per_minute=args.rate_limit_per_minute, max_concurrent_jobs=args.max_concurrent_jobs,
+                webhook_url=args.webhook_url,
+            )
+            print(json.dumps({"tenant": tenant.name, "key_id": tenant.api_keys[0].id, "api_key": key,
+                              "webhook_secret": tenant.webhook_secret}, indent=2))
+            print("Store the API key now: only its sha256 is kept.", file=sys.stderr)
+        elif args.action == "add-key":
+            key_id, key = add_api_key(path, args.name)
+            print(json.dumps({"tenant": args.name, "key_id": key_id, "api_key": key}, indent=2))
+        elif args.action == "revoke-key":
+            revoke_api_key(path, args.name, args.key_id)
+            print(f"revoked {args.key_id} of {args.name}")
+        elif args.action == "delete":
+            delete_tenant(path, args.name)
+            print(f"deleted tenant {args.name}")
+        else:
+            tenants = load_tenants(path)
+            listing = [
+                {"tenant": name, "keys": [{"id": key.id, "created_at": key.created_at} for key in tenant.api_keys],
+                 **tenant.model_dump(exclude={"name", "api_keys", "webhook_secret"}, exclude_none=True),
+                 "presets": tenant.allowed_presets}
+                for name, tenant in tenants.items()
+            ]
+            print(json.dumps(listing, indent=2))
+    except TenantsFileError as error:
+        raise UsageError(str(error)) from None
+    return 0
+
+
+def _parse_preset(text: str) -> tuple[str, float]:
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise UsageError(f"--preset must be NAME=STRENGTH, got {text!r}")
+    try:
+        return name, _finite_float(value)
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--preset {text!r}: {error}") from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from reins.demo import run_demo
 
@@ -356,6 +407,30 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--models", help="comma-separated model names to load (default: all configured)")
     work.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     work.set_defaults(handler=cmd_worker)
+
+    tenants = commands.add_parser("tenants", help="create, list and revoke tenants and API keys")
+    tenants.add_argument("--file", type=Path, help="tenants file (default: REINS_TENANTS_FILE or tenants.toml)")
+    actions = tenants.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="add a tenant and print its first API key")
+    create.add_argument("name")
+    create.add_argument("--default-strength", type=_finite_float, default=1.0)
+    create.add_argument("--min-strength", type=_finite_float, default=0.0)
+    create.add_argument("--max-strength", type=_finite_float, default=2.0)
+    create.add_argument("--preset", action="append", help="NAME=STRENGTH (repeatable; default: off, light, "
+                                                          "standard, strict within the range)")
+    create.add_argument("--models", help="comma-separated models the tenant may use (default: all)")
+    create.add_argument("--rate-limit-per-minute", type=_positive_int)
+    create.add_argument("--max-concurrent-jobs", type=_positive_int)
+    create.add_argument("--webhook-url", help="URL that receives signed job events")
+    actions.add_parser("list", help="list tenants, key ids and policies (no secrets)")
+    add_key = actions.add_parser("add-key", help="print a new API key for a tenant")
+    add_key.add_argument("name")
+    revoke = actions.add_parser("revoke-key", help="remove one API key")
+    revoke.add_argument("name")
+    revoke.add_argument("key_id")
+    delete = actions.add_parser("delete", help="remove a tenant and its keys")
+    delete.add_argument("name")
+    tenants.set_defaults(handler=cmd_tenants)
 
     demo = commands.add_parser("demo", help="start Redis, the API and a worker, generate one video, stop")
     demo.add_argument("--out", help="mp4 file to write (default: WORKDIR/demo.mp4)")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from app.config import hash_api_key
 from app.protocol import TERMINAL_STATUSES
+from app.tenants import create_tenant
 from reins.processes import REDIS_INSTALL_HINT, ServiceError, free_port, start_redis, stop_process, wait_for_port
 from reins.tiny import read_tiny_marker, save_tiny_model
 from reins.video import probe_mp4
@@ -48,7 +48,11 @@ def _direction_for(model_dir: Path, workdir: Path) -> Path:
     return target
 
 
-def write_demo_config(workdir: Path, model_dir: Path, direction: Path, api_key: str) -> Path:
+def write_demo_config(workdir: Path, model_dir: Path, direction: Path) -> tuple[Path, Path, str]:
+    """Write the model configuration and a tenants file with one demo tenant; return both paths and its key."""
+    tenants = workdir / "tenants.toml"
+    tenants.unlink(missing_ok=True)
+    _, api_key = create_tenant(tenants, "demo", default_strength=1.0, min_strength=0.0, max_strength=2.0)
     config = workdir / "reins.toml"
     config.write_text(
         f"""# Written by reins demo.
@@ -61,14 +65,9 @@ default_height = 32
 default_width = 32
 default_inference_steps = 4
 
-[tenants.demo]
-api_key_sha256 = "{hash_api_key(api_key)}"
-default_strength = 1.0
-min_strength = 0.0
-max_strength = 2.0
 """
     )
-    return config
+    return config, tenants, api_key
 
 
 def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | None) -> int:
@@ -82,8 +81,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
         _say(f"building the tiny Wan pipeline in {model_dir}")
         save_tiny_model(model_dir)
     direction = _direction_for(model_dir, workdir)
-    api_key = "rk_demo_" + secrets.token_hex(16)
-    config = write_demo_config(workdir, model_dir, direction, api_key)
+    config, tenants, api_key = write_demo_config(workdir, model_dir, direction)
 
     started: list[subprocess.Popen] = []
     try:
@@ -104,6 +102,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
             os.environ,
             REINS_REDIS_URL=redis_url,
             REINS_CONFIG_FILE=str(config),
+            REINS_TENANTS_FILE=str(tenants),
             REINS_STORAGE_DIR=str(workdir / "videos"),
             REINS_PORT=str(port),
             REINS_WORKER_METRICS_PORT="0",
@@ -123,7 +122,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
         if strength is not None:
             body["steering_strength"] = strength
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-            response = client.post("/v1/generate", json=body)
+            response = _submit_when_worker_ready(client, body, worker)
             if response.status_code != 202:
                 _say(f"error: POST /v1/generate answered {response.status_code}: {response.text}")
                 return 1
@@ -145,6 +144,24 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
     finally:
         for process in reversed(started):
             stop_process(process)
+
+
+def _submit_when_worker_ready(client: httpx.Client, body: dict, worker: subprocess.Popen,
+                              timeout_seconds: float = 120) -> httpx.Response:
+    """Submit the request, retrying while the API answers 503 because the worker is still loading the model."""
+    deadline = time.monotonic() + timeout_seconds
+    waiting_shown = False
+    while True:
+        response = client.post("/v1/generate", json=body)
+        unavailable = response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
+        if not unavailable or time.monotonic() > deadline:
+            return response
+        if worker.poll() is not None:
+            raise ServiceError(f"the worker exited with code {worker.returncode}; see its log")
+        if not waiting_shown:
+            _say("waiting for the worker to load the model")
+            waiting_shown = True
+        time.sleep(0.2)
 
 
 def _follow(client: httpx.Client, job_id: str, worker: subprocess.Popen, timeout_seconds: float = 300) -> dict:

@@ -11,7 +11,7 @@ from rq.serializers import JSONSerializer
 
 from app.jobs import JobStore
 from app.settings import Settings
-from app.storage import LocalStorage
+from app.storage import make_storage
 from worker.metrics import WorkerMetrics
 from worker.tasks import Renderer, WorkerRuntime, install_runtime
 
@@ -42,7 +42,7 @@ def run_worker(settings: Settings, renderer: Renderer | None = None, burst: bool
 
     redis = Redis.from_url(settings.redis_url)
     jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
-    install_runtime(WorkerRuntime(renderer, jobs, LocalStorage(settings.storage_dir), metrics, settings.video_fps))
+    install_runtime(WorkerRuntime(renderer, jobs, make_storage(settings), metrics, settings.video_fps))
 
     queues = [settings.queue_name(model.name) for model in models]
     worker = SimpleWorker(queues, connection=redis, serializer=JSONSerializer)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.jobs import JobNotFound, JobStore, utc_now
+from app.jobs import JobNotFound, JobStore
 from app.storage import Storage, input_image_key, video_key
 from reins.video import write_mp4
 from worker.metrics import WorkerMetrics
@@ -41,6 +41,10 @@ def error_code(error: BaseException) -> str:
     return names.get(type(error).__name__, "internal_error")
 
 
+class JobCancelled(Exception):
+    """The client cancelled or deleted the job while it ran; raised from the step callback to stop denoising."""
+
+
 class WorkerRuntime:
     def __init__(self, renderer: Renderer, jobs: JobStore, storage: Storage, metrics: WorkerMetrics, fps: int) -> None:
         self.renderer = renderer
@@ -55,16 +59,16 @@ class WorkerRuntime:
         except JobNotFound:
             logger.warning("job %s: record not found (expired or deleted); skipping", job_id)
             return {"status": "skipped"}
-        if record["status"] != "queued":
-            logger.info("job %s: status is %s, not queued; skipping", job_id, record["status"])
+        previous = self.jobs.start(job_id)
+        if previous != "queued":
+            logger.info("job %s: status is %s, not queued; skipping", job_id, previous)
             return {"status": "skipped"}
 
-        model = record["model"]
+        model, tenant = record["model"], record["tenant"]
         started = time.perf_counter()
         created = datetime.fromisoformat(record["created_at"])
         self.metrics.queue_wait_seconds.labels(model).observe(max(0.0, time.time() - created.timestamp()))
-        self.jobs.update(job_id, status="in_progress", started_at=utc_now(), progress=0.0)
-        logger.info("job %s: started model=%s tenant=%s", job_id, model, record["tenant"])
+        logger.info("job %s: started model=%s tenant=%s", job_id, model, tenant)
         self.metrics.busy.set(1)
         last_step = {"at": time.perf_counter()}
 
@@ -72,6 +76,8 @@ class WorkerRuntime:
             now = time.perf_counter()
             self.metrics.step_duration_seconds.labels(model).observe(now - last_step["at"])
             last_step["at"] = now
+            if self.jobs.cancel_requested(job_id):
+                raise JobCancelled(f"cancelled after denoising step {step_index}")
             # Denoising is reported as 0-95%; encoding and upload take the rest.
             self.jobs.update(job_id, progress=round(0.95 * (step_index + 1) / num_steps, 4))
 
@@ -86,25 +92,28 @@ class WorkerRuntime:
                 size_bytes = path.stat().st_size
                 self.storage.put_file(key, path)
             self.metrics.encode_duration_seconds.labels(model).observe(time.perf_counter() - encode_started)
+        except JobCancelled as cancelled:
+            logger.info("job %s: %s", job_id, cancelled)
+            self.jobs.finish(job_id, tenant, "cancelled")
+            self.metrics.jobs_total.labels(model, "cancelled").inc()
+            return {"status": "cancelled"}
         except Exception as error:
             code = error_code(error)
             logger.error("job %s: failed (%s): %s", job_id, code, error, exc_info=True)
-            self.jobs.update(
-                job_id, status="failed", finished_at=utc_now(), error={"code": code, "message": str(error)[:500]}
-            )
+            self.jobs.finish(job_id, tenant, "failed", error={"code": code, "message": str(error)[:500]})
             self.metrics.jobs_total.labels(model, "failed").inc()
             raise
         finally:
             self.metrics.busy.set(0)
             self.metrics.job_duration_seconds.labels(model).observe(time.perf_counter() - started)
 
-        request = dict(record["request"], **{k: facts[k] for k in ("prompt_tokens", "prompt_truncated") if facts.get(k) is not None})
-        self.jobs.update(
+        facts_for_request = {k: facts[k] for k in ("prompt_tokens", "prompt_truncated") if facts.get(k) is not None}
+        if not self.jobs.finish(
             job_id,
-            status="completed",
+            tenant,
+            "completed",
             progress=1.0,
-            finished_at=utc_now(),
-            request=request,
+            request=dict(record["request"], **facts_for_request),
             result={
                 "url": f"/v1/jobs/{job_id}/content",
                 "content_type": "video/mp4",
@@ -116,7 +125,11 @@ class WorkerRuntime:
                 "steered_block_calls": int(facts.get("calls_steered", 0)),
                 "probe_score": facts.get("probe_score"),
             },
-        )
+        ):
+            # The record was deleted while the video was being stored, so the video must not outlive it.
+            logger.info("job %s: deleted while running; removing its video", job_id)
+            self.storage.delete(key)
+            return {"status": "deleted"}
         self.metrics.jobs_total.labels(model, "completed").inc()
         logger.info("job %s: completed in %.2fs (%s)", job_id, time.perf_counter() - started, facts)
         return {"status": "completed"}
@@ -125,12 +138,17 @@ class WorkerRuntime:
         """Return the stored input image of an image-to-video job, or None for a text-to-video job."""
         if not record["request"].get("input_image"):
             return None
+        import io
+
         from PIL import Image
 
-        path = self.storage.open_path(input_image_key(record["id"]))
-        if path is None:
+        stream = self.storage.open(input_image_key(record["id"]))
+        if stream is None:
             raise FileNotFoundError(f"input image of job {record['id']} is missing from storage")
-        with Image.open(path) as image:
+        # PIL needs a seekable file, and an S3 response body is not one.
+        with stream:
+            data = stream.read()
+        with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
 
     @staticmethod

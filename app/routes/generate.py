@@ -8,18 +8,21 @@ import json
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.config import TenantConfig
+from app.tenants import TenantConfig
 from app.deps import Tenant
 from app.errors import APIError
-from app.jobs import new_job_id, utc_now
+from app.jobs import JobNotFound, new_job_id, utc_now
+from app.limits import IdempotencyConflict, check_rate, fingerprint
 from app.protocol import ErrorResponse, GenerateRequest, InputImage, Job, JobParams, SteeringApplied
-from app.queue import enqueue_job
+from app.queue import count_workers, enqueue_job, poll_headers
 from app.storage import input_image_key
 from app.tokens import count_tokens
 
@@ -122,7 +125,13 @@ def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfi
     if steps > model.max_inference_steps:
         raise _invalid("num_inference_steps", f"must be at most {model.max_inference_steps}, got {steps}")
 
-    if body.steering_strength is None:
+    presets = tenant.allowed_presets
+    if body.steering_preset is not None:
+        if body.steering_preset not in presets:
+            raise _invalid("steering_preset", f"unknown preset {body.steering_preset!r}; this tenant's presets: "
+                                              f"{', '.join(sorted(presets)) or 'none'}")
+        strength, source = presets[body.steering_preset], f"preset:{body.steering_preset}"
+    elif body.steering_strength is None:
         strength, source = tenant.default_strength, "tenant_default"
     else:
         strength, source = body.steering_strength, "request"
@@ -185,40 +194,78 @@ def _fit_image(request: Request, upload_bytes: bytes, params: JobParams) -> tupl
                             source_format=fmt)
 
 
-def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenant: TenantConfig) -> Job:
-    """Validate, store the input image, write the job record and enqueue it. Runs in a worker thread."""
-    settings = request.app.state.settings
+def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenant: TenantConfig,
+            idempotency_key: str | None) -> tuple[Job, bool]:
+    """Validate, apply limits, store the input image, write the job record and enqueue it.
+
+    Returns the job and whether it is the replay of an earlier request with the same Idempotency-Key. Runs in a
+    worker thread, since Redis calls block.
+    """
+    state = request.app.state
     params, steering = _resolve_params(request, body, tenant)
-    family = request.app.state.models[body.model].config.adapter
+    family = state.models[body.model].config.adapter
     if family.image_input == "required" and upload is None:
         raise _invalid(IMAGE_FIELD, f"{body.model} is an image-to-video model; send the image as a multipart file "
                                     f"part named {IMAGE_FIELD!r}")
     if family.image_input == "none" and upload is not None:
         raise _invalid(IMAGE_FIELD, f"{body.model} is a text-to-video model and takes no image")
+    webhook_urls = [url for url in (tenant.webhook_url, body.webhook_url) if url]
+    if body.webhook_url and not tenant.webhook_secret:
+        raise _invalid("webhook_url", "this tenant has no webhook secret to sign deliveries with; create the tenant "
+                                      "with --webhook-url")
 
     job_id = new_job_id()
+    if idempotency_key is not None:
+        request_fingerprint = fingerprint(body.model_dump(mode="json"), upload)
+        try:
+            earlier = state.idempotency.reserve(tenant.name, idempotency_key, request_fingerprint, job_id)
+        except IdempotencyConflict as conflict:
+            raise APIError(409, conflict.code, str(conflict), "Idempotency-Key") from None
+        if earlier is not None:
+            try:
+                return state.jobs.get_job(earlier), True
+            except JobNotFound:
+                raise APIError(409, "idempotent_request_in_progress", "the first request with this "
+                               "Idempotency-Key is still being processed; retry in a moment", "Idempotency-Key") from None
+
+    try:
+        job = _create_and_enqueue(request, body, upload, tenant, job_id, params, steering, webhook_urls)
+    except BaseException:
+        if idempotency_key is not None:
+            state.idempotency.release(tenant.name, idempotency_key)
+        raise
+    return job, False
+
+
+def _create_and_enqueue(request: Request, body: GenerateRequest, upload: bytes | None, tenant: TenantConfig,
+                        job_id: str, params: JobParams, steering: SteeringApplied, webhook_urls: list[str]) -> Job:
+    state = request.app.state
+    settings = state.settings
+    queue_name = settings.queue_name(body.model)
+    if settings.queue_without_worker == "reject" and count_workers(state.redis, queue_name) == 0:
+        raise APIError(503, "model_unavailable", f"no worker serves {body.model!r} at the moment; retry later",
+                       "model", headers={"Retry-After": "30"})
     if upload is not None:
         png, described = _fit_image(request, upload, params)
         params = params.model_copy(update={"input_image": described})
-        request.app.state.storage.put_bytes(input_image_key(job_id), png)
+        state.storage.put_bytes(input_image_key(job_id), png)
 
-    job = Job(
-        id=job_id,
-        tenant=tenant.name,
-        model=body.model,
-        status="queued",
-        created_at=utc_now(),
-        request=params,
-        steering=steering,
-    )
-    request.app.state.jobs.create(job.model_dump(mode="json"))
+    job = Job(id=job_id, tenant=tenant.name, model=body.model, status="queued", created_at=utc_now(),
+              request=params, steering=steering)
+    record = job.model_dump(mode="json")
+    record["webhook_urls"] = webhook_urls
+    if not state.jobs.create(record, max_active=tenant.max_concurrent_jobs):
+        if upload is not None:
+            state.storage.delete(input_image_key(job_id))
+        raise APIError(429, "concurrency_limit", f"this tenant already has {tenant.max_concurrent_jobs} jobs queued "
+                       "or running, its limit; wait for one to finish", headers={"Retry-After": "5"})
     timeout = settings.job_timeout_seconds(params.num_frames, params.height, params.width, params.num_inference_steps)
     try:
-        enqueue_job(request.app.state.redis, settings.queue_name(body.model), job.id, timeout, settings.job_ttl_seconds)
+        enqueue_job(state.redis, queue_name, job.id, timeout, settings.job_ttl_seconds)
     except Exception:
         # Nothing runs a record that never reached the queue, so remove it rather than leave it queued forever.
         logger.exception("job %s: enqueue failed, removing its record", job.id)
-        request.app.state.jobs.delete(job.id)
+        state.jobs.delete(job.id, tenant.name)
         raise
     return job
 
@@ -228,8 +275,9 @@ def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenan
     status_code=202,
     response_model=Job,
     responses={
-        401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
+        401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
     },
     summary="Queue a steered video generation",
     description=(
@@ -247,18 +295,36 @@ def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenan
         }
     },
 )
-async def create_generation(request: Request, tenant: Tenant) -> Job:
-    metrics = request.app.state.metrics
+async def create_generation(
+    request: Request,
+    response: Response,
+    tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="Retries with the same key and body "
+                                                  "return the original job")] = None,
+) -> Job:
+    state = request.app.state
+    metrics = state.metrics
     try:
+        if tenant.rate_limit_per_minute is not None:
+            wait = await run_in_threadpool(check_rate, state.redis, state.settings.key_prefix, tenant.name,
+                                           tenant.rate_limit_per_minute)
+            if wait is not None:
+                raise APIError(429, "rate_limited", f"this tenant may send {tenant.rate_limit_per_minute} requests "
+                               f"per minute; retry in {wait} s", headers={"Retry-After": str(wait)})
         body, image = await _read_body(request)
         upload = None
         if image is not None:
-            upload = await image.read(request.app.state.settings.max_image_bytes + 1)
-        job = await run_in_threadpool(_accept, request, body, upload, tenant)
+            upload = await image.read(state.settings.max_image_bytes + 1)
+        job, replayed = await run_in_threadpool(_accept, request, body, upload, tenant, idempotency_key)
     except APIError as error:
         metrics.jobs_rejected_total.labels(error.code).inc()
         raise
 
+    response.headers.update(poll_headers(job))
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+        logger.info("job %s: replayed for Idempotency-Key", job.id)
+        return job
     metrics.jobs_submitted_total.labels(body.model, tenant.name).inc()
     params, steering = job.request, job.steering
     logger.info(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+
+from app.storage import StorageError
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"])
 
@@ -14,13 +20,22 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Redis answers", responses={503: {"description": "Redis unreachable"}})
+@router.get("/readyz", summary="Readiness: Redis and storage answer",
+            responses={503: {"description": "Redis or storage unreachable"}})
 def readyz(request: Request, response: Response) -> dict:
+    problems = {}
     try:
         request.app.state.redis.ping()
     except RedisError as error:
+        problems["redis"] = str(error)
+    try:
+        request.app.state.storage.check()
+    except StorageError as error:
+        problems["storage"] = str(error)
+    if problems:
+        logger.warning("not ready: %s", problems)
         response.status_code = 503
-        return {"status": "unavailable", "redis": str(error)}
+        return {"status": "unavailable", **problems}
     return {"status": "ok"}
 
 

@@ -342,3 +342,13 @@ def test_openapi_describes_both_bodies(client):
     schemas = document["components"]["schemas"]
     assert "steering_strength" in schemas["GenerateRequest"]["properties"]
     assert schemas["GenerateRequestForm"]["properties"]["image"]["format"] == "binary"
+
+
+def test_readyz_reports_storage(service_env, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the video folder should be")
+    settings = settings_from(service_env).model_copy(update={"storage_dir": blocked})
+    with TestClient(create_app(settings)) as isolated:
+        response = isolated.get("/readyz")
+    assert response.status_code == 503
+    assert "storage" in response.json()
