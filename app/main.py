@@ -11,14 +11,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from redis import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import ModelConfig
 from app.errors import error_response, install_error_handlers
 from app.jobs import JobStore
 from app.limits import IdempotencyKeys
-from app.metrics import ApiMetrics
+from app.logs import configure_logging
+from app.metrics import ApiMetrics, QueueCollector
+from app.redis_connection import connect
 from app.routes import generate, health, jobs
 from app.settings import Settings
 from app.storage import make_storage
@@ -124,13 +125,16 @@ class _BodyTooLarge(Exception):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API app. Configuration errors surface here, before the server accepts a connection."""
     settings = settings or Settings()
+    if not logging.getLogger().handlers:
+        # Server processes started by uvicorn's --workers import the app without running the CLI's setup.
+        configure_logging(settings.log_level, settings.log_format)
     metrics = ApiMetrics()
     models = load_served_models(settings)
     tenants = TenantRegistry(settings.tenants_file, list(models))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         app.state.redis = redis
         app.state.jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
         app.state.idempotency = IdempotencyKeys(redis, settings.key_prefix, settings.job_ttl_seconds)
@@ -149,6 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.queue_collector = QueueCollector(
+        lambda: getattr(app.state, "redis", None), {name: settings.queue_name(name) for name in models}
+    )
     app.state.models = models
     app.state.tenants = tenants
     app.state.storage = make_storage(settings)

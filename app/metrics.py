@@ -1,12 +1,28 @@
-"""Prometheus metrics of the API process. Names follow `reins_<subsystem>_<name>_<unit>`."""
+"""Prometheus metrics of the API. Names follow `reins_<subsystem>_<name>_<unit>`; labels are route templates,
+methods, status codes, configured models, configured tenants and error codes, never ids or prompts.
+
+Two kinds of figures stay right when the API runs as several processes:
+- per-request counters and histograms use prometheus_client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set
+  (each process writes its values to files there and /metrics sums them);
+- queue figures are read from Redis at scrape time, so every process reports the same values.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import logging
+import os
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 
 class ApiMetrics:
-    """The API's metrics, on a registry of their own so that each app instance (and test) starts at zero."""
+    """The API's own metrics, on a registry of their own so that each app instance (and test) starts at zero."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -35,3 +51,43 @@ class ApiMetrics:
             ["code"],
             registry=self.registry,
         )
+
+
+class QueueCollector:
+    """Reads queue depth and live workers per model from Redis at scrape time."""
+
+    def __init__(self, redis_getter, queue_names: dict[str, str]) -> None:
+        self.redis_getter = redis_getter
+        self.queue_names = queue_names
+
+    def collect(self) -> Iterator[Metric]:
+        from app.queue import count_workers, get_queue
+
+        depth = GaugeMetricFamily("reins_queue_depth_jobs", "Jobs waiting in each model's queue.", labels=["model"])
+        workers = GaugeMetricFamily("reins_queue_workers", "Live workers listening to each model's queue.",
+                                    labels=["model"])
+        redis = self.redis_getter()
+        if redis is None:
+            return
+        try:
+            for model, name in self.queue_names.items():
+                depth.add_metric([model], get_queue(redis, name).count)
+                workers.add_metric([model], count_workers(redis, name))
+        except RedisError as error:
+            logger.warning("queue metrics unavailable: %s", error)
+            return
+        yield depth
+        yield workers
+
+
+def render(metrics: ApiMetrics, queue_collector: QueueCollector) -> bytes:
+    """Return the text exposition of every API metric, summed over processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = metrics.registry
+    output = generate_latest(registry)
+    scrape = CollectorRegistry()
+    scrape.register(queue_collector)
+    return output + generate_latest(scrape)

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     # Deliver webhooks to private, loopback and link-local addresses (off by default: a tenant's URL must not
     # reach the deployment's internal services).
     webhook_allow_private_addresses: bool = False
+    # Delays before each retry of a failed webhook delivery; its length is the number of retries.
+    webhook_retry_intervals_seconds: list[int] = Field(default_factory=lambda: [10, 60, 300, 1800, 7200])
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    # "text" or "json" (one JSON object per line, with job_id, tenant and model fields where they apply).
+    log_format: Literal["text", "json"] = "text"
 
     # Worker settings.
     worker_models: list[str] = Field(default_factory=list)  # empty: every model in the config file

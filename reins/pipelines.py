@@ -146,12 +146,17 @@ def generate(
     arguments = _call_arguments(family, batch, image)
     arguments.update(callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
     clock.start(num_steps, len(batch))
+    # Some components draw from the global RNG instead of the generator (LTX-Video 0.9.1's VAE decoder, for
+    # example), so seed it from the request too and restore it afterwards.
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
-        if steerer is None:
-            frames = pipeline(**arguments).frames
-        else:
-            with steerer.steer(steering):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(batch[0].seed)
+            if steerer is None:
                 frames = pipeline(**arguments).frames
+            else:
+                with steerer.steer(steering):
+                    frames = pipeline(**arguments).frames
     finally:
         clock.stop()
     frames = np.stack([to_uint8(sample) for sample in frames])

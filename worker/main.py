@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 from prometheus_client import start_http_server
-from redis import Redis
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from app.jobs import JobStore
+from app.webhooks import enqueue_deliveries
+from app.redis_connection import connect
 from app.settings import Settings
 from app.storage import make_storage
 from worker.metrics import WorkerMetrics
@@ -40,9 +41,13 @@ def run_worker(settings: Settings, renderer: Renderer | None = None, burst: bool
         start_http_server(settings.worker_metrics_port, addr=settings.host, registry=metrics.registry)
         logger.info("worker metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
-    install_runtime(WorkerRuntime(renderer, jobs, make_storage(settings), metrics, settings.video_fps))
+    def queue_webhooks(record: dict, status: str) -> None:
+        enqueue_deliveries(redis, settings.key_prefix, record, status, settings.webhook_retry_intervals_seconds)
+
+    install_runtime(WorkerRuntime(renderer, jobs, make_storage(settings), metrics, settings.video_fps,
+                                  on_finish=queue_webhooks))
 
     queues = [settings.queue_name(model.name) for model in models]
     worker = SimpleWorker(queues, connection=redis, serializer=JSONSerializer)

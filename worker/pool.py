@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from app.config import ModelConfig
 from reins.directions import Direction, load_direction
@@ -68,6 +69,9 @@ class PipelinePool:
         )
         tokens = count_prompt_tokens(loaded.pipeline, params.prompt)
         limit = loaded.steerer.family.text_token_limit
+        device = loaded.pipeline.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         frames = generate(loaded.pipeline, params, loaded.steerer, config, on_step=on_step, image=image)
         scores = loaded.steerer.probe_scores()
         facts = {
@@ -75,5 +79,8 @@ class PipelinePool:
             "prompt_truncated": tokens > limit,
             "calls_steered": loaded.steerer.calls_steered,
             "probe_score": None if scores is None else round(float(scores[0]), 6),
+            "device": str(device),
         }
+        if device.type == "cuda":
+            facts["gpu_memory_peak_bytes"] = torch.cuda.max_memory_allocated(device)
         return frames, facts

@@ -7,6 +7,7 @@ process installs its runtime with `install_runtime` before it starts consuming, 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 import logging
 import tempfile
 import time
@@ -17,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from app.jobs import JobNotFound, JobStore
+from app.logs import job_context
 from app.storage import Storage, input_image_key, video_key
 from reins.video import write_mp4
 from worker.metrics import WorkerMetrics
@@ -46,14 +48,32 @@ class JobCancelled(Exception):
 
 
 class WorkerRuntime:
-    def __init__(self, renderer: Renderer, jobs: JobStore, storage: Storage, metrics: WorkerMetrics, fps: int) -> None:
+    def __init__(self, renderer: Renderer, jobs: JobStore, storage: Storage, metrics: WorkerMetrics, fps: int,
+                 on_finish: Callable[[dict, str], None] | None = None) -> None:
         self.renderer = renderer
         self.jobs = jobs
         self.storage = storage
         self.metrics = metrics
         self.fps = fps
+        # Called with the final record and status of every job that ends here (webhook deliveries).
+        self.on_finish = on_finish
+
+    def _finished(self, job_id: str, status: str) -> None:
+        if self.on_finish is None:
+            return
+        try:
+            self.on_finish(self.jobs.get(job_id), status)
+        except JobNotFound:
+            pass
+        except Exception:
+            # A webhook that cannot be queued must not turn a finished job into a failed one.
+            logger.exception("job %s: could not queue webhook deliveries", job_id)
 
     def run(self, job_id: str) -> dict:
+        with job_context(job_id):
+            return self._run(job_id)
+
+    def _run(self, job_id: str) -> dict:
         try:
             record = self.jobs.get(job_id)
         except JobNotFound:
@@ -64,6 +84,11 @@ class WorkerRuntime:
             logger.info("job %s: status is %s, not queued; skipping", job_id, previous)
             return {"status": "skipped"}
 
+        model, tenant = record["model"], record["tenant"]
+        with job_context(job_id, tenant, model):
+            return self._render_and_store(job_id, record)
+
+    def _render_and_store(self, job_id: str, record: dict) -> dict:
         model, tenant = record["model"], record["tenant"]
         started = time.perf_counter()
         created = datetime.fromisoformat(record["created_at"])
@@ -85,6 +110,7 @@ class WorkerRuntime:
             image = self._input_image(record)
             frames, facts = self.renderer.render(record, on_step, image)
             encode_started = time.perf_counter()
+            self.metrics.decode_duration_seconds.labels(model).observe(encode_started - last_step["at"])
             key = video_key(job_id)
             with tempfile.TemporaryDirectory(prefix="reins-") as folder:
                 path = Path(folder) / key
@@ -95,13 +121,15 @@ class WorkerRuntime:
         except JobCancelled as cancelled:
             logger.info("job %s: %s", job_id, cancelled)
             self.jobs.finish(job_id, tenant, "cancelled")
-            self.metrics.jobs_total.labels(model, "cancelled").inc()
+            self._finished(job_id, "cancelled")
+            self.metrics.jobs_total.labels(model, tenant, "cancelled").inc()
             return {"status": "cancelled"}
         except Exception as error:
             code = error_code(error)
             logger.error("job %s: failed (%s): %s", job_id, code, error, exc_info=True)
             self.jobs.finish(job_id, tenant, "failed", error={"code": code, "message": str(error)[:500]})
-            self.metrics.jobs_total.labels(model, "failed").inc()
+            self._finished(job_id, "failed")
+            self.metrics.jobs_total.labels(model, tenant, "failed").inc()
             raise
         finally:
             self.metrics.busy.set(0)
@@ -130,7 +158,14 @@ class WorkerRuntime:
             logger.info("job %s: deleted while running; removing its video", job_id)
             self.storage.delete(key)
             return {"status": "deleted"}
-        self.metrics.jobs_total.labels(model, "completed").inc()
+        self._finished(job_id, "completed")
+        self.metrics.jobs_total.labels(model, tenant, "completed").inc()
+        self.metrics.latency_seconds.labels(model).observe(max(0.0, time.time() - created.timestamp()))
+        self.metrics.steering_strength.labels(model).observe(float(record["steering"]["strength"]))
+        if facts.get("probe_score") is not None:
+            self.metrics.probe_score.labels(model).observe(float(facts["probe_score"]))
+        if facts.get("gpu_memory_peak_bytes") is not None:
+            self.metrics.gpu_memory_bytes.labels(facts["device"]).set(facts["gpu_memory_peak_bytes"])
         logger.info("job %s: completed in %.2fs (%s)", job_id, time.perf_counter() - started, facts)
         return {"status": "completed"}
 

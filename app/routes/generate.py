@@ -20,6 +20,7 @@ from app.tenants import TenantConfig
 from app.deps import Tenant
 from app.errors import APIError
 from app.jobs import JobNotFound, new_job_id, utc_now
+from app.logs import job_context
 from app.limits import IdempotencyConflict, check_rate, fingerprint
 from app.protocol import ErrorResponse, GenerateRequest, InputImage, Job, JobParams, SteeringApplied
 from app.queue import count_workers, enqueue_job, poll_headers
@@ -124,6 +125,9 @@ def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfi
             raise _invalid(field, problem)
     if steps > model.max_inference_steps:
         raise _invalid("num_inference_steps", f"must be at most {model.max_inference_steps}, got {steps}")
+    if steps < family.min_inference_steps:
+        raise _invalid("num_inference_steps", f"must be at least {family.min_inference_steps} for {family.name} "
+                                              f"models, got {steps}")
 
     presets = tenant.allowed_presets
     if body.steering_preset is not None:
@@ -327,9 +331,10 @@ async def create_generation(
         return job
     metrics.jobs_submitted_total.labels(body.model, tenant.name).inc()
     params, steering = job.request, job.steering
-    logger.info(
-        "job %s: queued model=%s tenant=%s strength=%s (%s) frames=%d size=%dx%d steps=%d image=%s",
-        job.id, body.model, tenant.name, steering.strength, steering.strength_source,
-        params.num_frames, params.width, params.height, params.num_inference_steps, params.input_image is not None,
-    )
+    with job_context(job.id, tenant.name, body.model):
+        logger.info(
+            "job %s: queued model=%s tenant=%s strength=%s (%s) frames=%d size=%dx%d steps=%d image=%s",
+            job.id, body.model, tenant.name, steering.strength, steering.strength_source,
+            params.num_frames, params.width, params.height, params.num_inference_steps, params.input_image is not None,
+        )
     return job

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from redis.exceptions import RedisError
 
+from app.metrics import render
 from app.storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -41,4 +43,5 @@ def readyz(request: Request, response: Response) -> dict:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    state = request.app.state
+    return Response(render(state.metrics, state.queue_collector), media_type=CONTENT_TYPE_LATEST)

@@ -23,6 +23,7 @@ from app.jobs import JobNotFound
 from app.protocol import TERMINAL_STATUSES, DeletedJob, ErrorResponse, Job, JobList
 from app.queue import cancel_queued, poll_headers
 from app.storage import input_image_key, iter_chunks, video_key
+from app.webhooks import enqueue_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def cancel_job(request: Request, job_id: str, tenant: Tenant) -> Job:
         raise APIError(409, "job_finished", f"job {job_id} is already {before}")
     if before == "queued":
         cancel_queued(state.redis, job_id)
+        enqueue_deliveries(state.redis, state.settings.key_prefix, state.jobs.get(job_id), "cancelled",
+                           state.settings.webhook_retry_intervals_seconds)
     logger.info("job %s: cancel requested by tenant %s while %s", job_id, tenant.name, before)
     return state.jobs.get_job(job_id)
 

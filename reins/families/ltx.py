@@ -22,11 +22,11 @@ from reins.families import BlockList, ModelFamily
 #
 # __call__ defaults to max_sequence_length=128 and to 512x704 with 161 frames.
 #
-# NOTE: the LTX-Video 0.9.1 VAE decoder injects noise, which it draws from the global torch RNG because the
-# pipelines call vae.decode without a generator. With that VAE two runs with the same seed differ unless the global
-# RNG is seeded too, so strength 0 is not bit-identical to an earlier unsteered run.
-# NOTE: one denoising step fails (IndexError in the scheduler) with the released scheduler config, because
-# shift_terminal=0.1 divides by zero when it stretches the one-sigma schedule [1.0]. Two or more steps work.
+# The LTX-Video 0.9.1 VAE decoder injects noise, which it draws from the global torch RNG because the pipelines
+# call vae.decode without a generator; reins.pipelines.generate seeds that RNG from the request's seed, so two runs
+# with the same seed still agree.
+# One denoising step fails (IndexError in the scheduler) with the released scheduler config, because
+# shift_terminal=0.1 divides by zero when it stretches the one-sigma schedule [1.0], so two steps is the minimum.
 _COMMON = dict(
     block_lists=(BlockList("transformer_blocks"),),
     guidance_layout="batched_uncond_first",
@@ -38,6 +38,7 @@ _COMMON = dict(
     default_num_frames=161,
     guidance_argument="guidance_scale",
     guidance_threshold=1.0,
+    min_inference_steps=2,
 )
 
 LTX = ModelFamily(name="ltx", pipeline_class="LTXPipeline", **_COMMON)

@@ -240,7 +240,10 @@ def test_worker_metrics_after_job(client, api_headers, mock_worker):
     job = submit(client, api_headers["alpha"], num_inference_steps=3).json()
     assert wait_for_job(client, job["id"], api_headers["alpha"])["status"] == "completed"
     text = httpx.get(mock_worker.metrics_url).text
-    assert 'reins_worker_jobs_total{model="tiny-wan",status="completed"}' in text
+    assert 'reins_worker_jobs_total{model="tiny-wan",status="completed",tenant="alpha"}' in text
+    assert 'reins_worker_steering_strength_count{model="tiny-wan"}' in text
+    assert 'reins_worker_decode_duration_seconds_count{model="tiny-wan"}' in text
+    assert 'reins_worker_job_latency_seconds_count{model="tiny-wan"}' in text
     assert 'reins_worker_step_duration_seconds_count{model="tiny-wan"}' in text
     assert 'reins_worker_job_duration_seconds_count{model="tiny-wan"}' in text
     assert job["id"] not in text
