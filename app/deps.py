@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.tenants import TenantConfig
 from app.errors import APIError
+from app.tenants import TenantConfig
 
 _bearer = HTTPBearer(auto_error=False, description="The tenant's API key.")
 

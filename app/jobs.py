@@ -39,10 +39,32 @@ _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 if status == '"queued"' then
-  redis.call('HSET', KEYS[1], 'status', '"in_progress"', 'started_at', ARGV[2], 'progress', '0.0')
+  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') + 1
+  redis.call('HSET', KEYS[1], 'status', '"in_progress"', 'started_at', ARGV[2], 'progress', '0.0',
+             'attempts', tostring(attempts))
   redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 end
 return status
+"""
+
+# Handles a running job whose worker stopped sending heartbeats: back to queued if attempts remain (returns
+# "requeued"), else failed with worker_lost (returns "failed"). Does nothing (returns nil) if the job ended or
+# its heartbeat is fresh again, so that several reapers can run at once.
+_REAP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+local beat = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if status ~= '"in_progress"' then redis.call('ZREM', KEYS[2], ARGV[1]) return nil end
+if beat and tonumber(beat) > tonumber(ARGV[2]) then return nil end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1')
+if attempts < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', '"queued"', 'progress', '0.0')
+  return 'requeued'
+end
+redis.call('HSET', KEYS[1], 'status', '"failed"', 'finished_at', ARGV[4], 'error', ARGV[5])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 'failed'
 """
 
 # Cancels a queued job at once, or flags a running one; returns the status before the call (nil if gone).
@@ -95,6 +117,7 @@ class JobStore:
         self._start = redis.register_script(_START)
         self._cancel = redis.register_script(_CANCEL)
         self._create = redis.register_script(_CREATE)
+        self._reap = redis.register_script(_REAP)
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -133,10 +156,34 @@ class JobStore:
             arguments += [name, json.dumps(value)]
         return bool(self._update(keys=[self.key(job_id)], args=arguments))
 
+    def running_key(self) -> str:
+        return f"{self.prefix}:running"
+
     def start(self, job_id: str) -> str | None:
-        """Mark a queued job in_progress; return the status it had before, or None if the record is gone."""
-        status = self._start(keys=[self.key(job_id)], args=[self.ttl_seconds, json.dumps(utc_now())])
+        """Mark a queued job in_progress and count one attempt; return the status it had before, or None if the
+        record is gone."""
+        status = self._start(keys=[self.key(job_id), self.running_key()],
+                             args=[self.ttl_seconds, json.dumps(utc_now()), time.time(), job_id])
         return None if status is None else json.loads(status)
+
+    def heartbeat(self, job_id: str) -> None:
+        """Record that the worker running the job is alive."""
+        self.redis.zadd(self.running_key(), {job_id: time.time()}, xx=True)
+
+    def stale_running(self, older_than_seconds: float) -> list[str]:
+        """Return running jobs whose last heartbeat is older than the given age."""
+        cutoff = time.time() - older_than_seconds
+        return [raw.decode() for raw in self.redis.zrangebyscore(self.running_key(), "-inf", cutoff)]
+
+    def reap(self, job_id: str, tenant: str, older_than_seconds: float, max_attempts: int) -> str | None:
+        """Requeue or fail a running job whose worker is gone; see _REAP for the outcomes."""
+        error = json.dumps({"code": "worker_lost", "message": f"the worker stopped responding; gave up after "
+                                                              f"{max_attempts} attempt(s)"})
+        outcome = self._reap(
+            keys=[self.key(job_id), self.running_key(), self.active_key(tenant)],
+            args=[job_id, time.time() - older_than_seconds, max_attempts, json.dumps(utc_now()), error],
+        )
+        return None if outcome is None else outcome.decode()
 
     def finish(self, job_id: str, tenant: str, status: str, **fields: Any) -> bool:
         """Give a job its terminal status and fields, and take it out of the tenant's active set."""
@@ -144,6 +191,7 @@ class JobStore:
             raise ValueError(f"{status!r} is not a terminal status")
         updated = self.update(job_id, status=status, finished_at=utc_now(), **fields)
         self.redis.srem(self.active_key(tenant), job_id)
+        self.redis.zrem(self.running_key(), job_id)
         return updated
 
     def request_cancel(self, job_id: str, tenant: str) -> str | None:

@@ -3,6 +3,7 @@ opens and closes Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -19,12 +20,14 @@ from app.jobs import JobStore
 from app.limits import IdempotencyKeys
 from app.logs import configure_logging
 from app.metrics import ApiMetrics, QueueCollector
+from app.reaper import run_reaper
 from app.redis_connection import connect
 from app.routes import generate, health, jobs
 from app.settings import Settings
 from app.storage import make_storage
 from app.tenants import TenantRegistry
 from app.tokens import load_token_counter
+from app.webhooks import enqueue_deliveries
 from reins.directions import DirectionMetadata, load_direction
 
 logger = logging.getLogger(__name__)
@@ -138,10 +141,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.jobs = JobStore(redis, settings.key_prefix, settings.job_ttl_seconds)
         app.state.idempotency = IdempotencyKeys(redis, settings.key_prefix, settings.job_ttl_seconds)
-        logger.info("api started: models=%s redis=%s", ",".join(models), redis.connection_pool.connection_kwargs.get("host"))
+
+        def announce_failure(record: dict) -> None:
+            enqueue_deliveries(redis, settings.key_prefix, record, "failed", settings.webhook_retry_intervals_seconds)
+
+        reaper = asyncio.create_task(run_reaper(app.state.jobs, settings, on_failed=announce_failure))
+        logger.info("api started: models=%s", ",".join(models))
         try:
             yield
         finally:
+            reaper.cancel()
             redis.close()
             logger.info("api stopped")
 

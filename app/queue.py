@@ -19,7 +19,8 @@ def get_queue(redis: Redis, name: str) -> Queue:
     return Queue(name, connection=redis, serializer=JSONSerializer)
 
 
-def enqueue_job(redis: Redis, queue_name: str, job_id: str, timeout_seconds: int, ttl_seconds: int) -> None:
+def enqueue_job(redis: Redis, queue_name: str, job_id: str, timeout_seconds: int, ttl_seconds: int,
+                rq_job_id: str | None = None) -> None:
     """Put a job on its model's queue; the RQ job id equals the service's job id.
 
     The only argument is the job id: the worker reads everything else from the job record.
@@ -27,7 +28,7 @@ def enqueue_job(redis: Redis, queue_name: str, job_id: str, timeout_seconds: int
     get_queue(redis, queue_name).enqueue_call(
         func=JOB_FUNCTION,
         args=(job_id,),
-        job_id=job_id,
+        job_id=rq_job_id or job_id,
         timeout=timeout_seconds,
         ttl=ttl_seconds,
         result_ttl=3600,

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     # "text" or "json" (one JSON object per line, with job_id, tenant and model fields where they apply).
     log_format: Literal["text", "json"] = "text"
 
+    # A running job whose worker sends no heartbeat for heartbeat_timeout_seconds is requeued, up to
+    # job_max_attempts starts in all, then failed with worker_lost. The API checks every reaper_interval_seconds.
+    heartbeat_interval_seconds: float = Field(5.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(30.0, gt=0)
+    reaper_interval_seconds: float = Field(10.0, gt=0)
+    job_max_attempts: int = Field(2, ge=1)
+
     # Worker settings.
     worker_models: list[str] = Field(default_factory=list)  # empty: every model in the config file
     worker_device: str = "auto"

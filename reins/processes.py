@@ -37,8 +37,12 @@ def wait_for_port(port: int, timeout_seconds: float, process: subprocess.Popen |
     raise ServiceError(f"nothing listened on 127.0.0.1:{port} within {timeout_seconds} s")
 
 
-def start_redis(folder: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start a private redis-server on loopback that keeps nothing on disk; return the process and its URL."""
+def start_redis(folder: Path, port: int | None = None, append_only: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start a private redis-server on loopback; return the process and its URL.
+
+    By default it keeps nothing on disk; with `append_only` it logs every write to an append-only file in `folder`
+    and reloads it at the next start, as the compose file's Redis does.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceError(REDIS_INSTALL_HINT)
@@ -46,7 +50,8 @@ def start_redis(folder: Path, port: int | None = None) -> tuple[subprocess.Popen
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
+         "yes" if append_only else "no", "--appendfsync", "always",
          "--dir", str(folder), "--logfile", str(folder / "redis.log")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

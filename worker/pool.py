@@ -12,7 +12,12 @@ import torch
 
 from app.config import ModelConfig
 from reins.directions import Direction, load_direction
-from reins.pipelines import GenerationParams, count_prompt_tokens, generate, load_pipeline
+from reins.pipelines import (
+    GenerationParams,
+    count_prompt_tokens,
+    generate,
+    load_pipeline,
+)
 from reins.steering import Steerer, SteeringConfig
 
 logger = logging.getLogger(__name__)

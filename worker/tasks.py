@@ -7,10 +7,12 @@ process installs its runtime with `install_runtime` before it starts consuming, 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 import logging
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +51,7 @@ class JobCancelled(Exception):
 
 class WorkerRuntime:
     def __init__(self, renderer: Renderer, jobs: JobStore, storage: Storage, metrics: WorkerMetrics, fps: int,
-                 on_finish: Callable[[dict, str], None] | None = None) -> None:
+                 on_finish: Callable[[dict, str], None] | None = None, heartbeat_interval_seconds: float = 5.0) -> None:
         self.renderer = renderer
         self.jobs = jobs
         self.storage = storage
@@ -57,6 +59,7 @@ class WorkerRuntime:
         self.fps = fps
         # Called with the final record and status of every job that ends here (webhook deliveries).
         self.on_finish = on_finish
+        self.heartbeat_interval_seconds = heartbeat_interval_seconds
 
     def _finished(self, job_id: str, status: str) -> None:
         if self.on_finish is None:
@@ -85,8 +88,28 @@ class WorkerRuntime:
             return {"status": "skipped"}
 
         model, tenant = record["model"], record["tenant"]
-        with job_context(job_id, tenant, model):
+        with job_context(job_id, tenant, model), self._heartbeat(job_id):
             return self._render_and_store(job_id, record)
+
+    @contextmanager
+    def _heartbeat(self, job_id: str) -> Iterator[None]:
+        """Send heartbeats from a thread while the job runs, so that the API can tell a slow job from a dead worker."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_interval_seconds):
+                try:
+                    self.jobs.heartbeat(job_id)
+                except Exception as error:  # a missed heartbeat is retried at the next interval
+                    logger.warning("job %s: heartbeat failed: %s", job_id, error)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _render_and_store(self, job_id: str, record: dict) -> dict:
         model, tenant = record["model"], record["tenant"]

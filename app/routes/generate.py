@@ -6,9 +6,7 @@ import hashlib
 import io
 import json
 import logging
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -16,15 +14,22 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.tenants import TenantConfig
 from app.deps import Tenant
 from app.errors import APIError
 from app.jobs import JobNotFound, new_job_id, utc_now
-from app.logs import job_context
 from app.limits import IdempotencyConflict, check_rate, fingerprint
-from app.protocol import ErrorResponse, GenerateRequest, InputImage, Job, JobParams, SteeringApplied
+from app.logs import job_context
+from app.protocol import (
+    ErrorResponse,
+    GenerateRequest,
+    InputImage,
+    Job,
+    JobParams,
+    SteeringApplied,
+)
 from app.queue import count_workers, enqueue_job, poll_headers
 from app.storage import input_image_key
+from app.tenants import TenantConfig
 from app.tokens import count_tokens
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-
 from redis.exceptions import RedisError
 
 from app.metrics import render

@@ -1,0 +1,149 @@
+"""Faults with real processes: a worker killed mid-job, SIGTERM during a job, Redis down and back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+import sys
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from app.main import create_app
+from reins.processes import free_port, start_redis, stop_process, wait_for_port
+from tests.conftest import REPO_ROOT, TENANT_KEYS, WorkerProcess, settings_from, wait_for_job
+
+pytestmark = pytest.mark.integration
+HEADERS = {"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}
+
+
+@pytest.fixture
+def fault_env(service_env):
+    """The shared service with a fresh prefix, fast heartbeats and slow mock steps (0.3 s each)."""
+    return {**service_env, "REINS_KEY_PREFIX": "faults-" + uuid.uuid4().hex[:8],
+            "REINS_HEARTBEAT_INTERVAL_SECONDS": "0.2", "REINS_HEARTBEAT_TIMEOUT_SECONDS": "1.5",
+            "REINS_REAPER_INTERVAL_SECONDS": "0.3", "REINS_WORKER_MODELS": '["tiny-wan"]',
+            "REINS_TEST_MOCK_STEP_SECONDS": "0.3"}
+
+
+def app_for(env: dict, **overrides) -> TestClient:
+    settings = settings_from(env).model_copy(update={
+        "key_prefix": env["REINS_KEY_PREFIX"], "heartbeat_timeout_seconds": 1.5, "reaper_interval_seconds": 0.3,
+        **overrides})
+    return TestClient(create_app(settings))
+
+
+def wait_until(predicate, timeout_seconds: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+def test_killed_worker_job_is_retried(fault_env, tmp_path):
+    redis = Redis.from_url(fault_env["REINS_REDIS_URL"])
+    with app_for(fault_env) as client:
+        first = WorkerProcess(fault_env, tmp_path / "first.log", mock=True)
+        first.wait_until_listening(redis)
+        job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow one", "num_inference_steps": 10},
+                          headers=HEADERS).json()
+        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
+                   "the job never started")
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+
+        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["status"] == "queued", 20,
+                   "the reaper did not requeue the job of the killed worker")
+        second = WorkerProcess(fault_env, tmp_path / "second.log", mock=True)
+        second.wait_until_listening(redis)
+        try:
+            done = wait_for_job(client, job["id"], HEADERS, timeout_seconds=60)
+        finally:
+            second.stop()
+    assert done["status"] == "completed"
+    assert redis.hget(f"{fault_env['REINS_KEY_PREFIX']}:job:{job['id']}", "attempts") == b"2"
+
+
+def test_killed_worker_without_attempts_left_fails(fault_env, tmp_path):
+    redis = Redis.from_url(fault_env["REINS_REDIS_URL"])
+    with app_for(fault_env, job_max_attempts=1) as client:
+        worker = WorkerProcess(fault_env, tmp_path / "worker.log", mock=True)
+        worker.wait_until_listening(redis)
+        job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow", "num_inference_steps": 10},
+                          headers=HEADERS).json()
+        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
+                   "the job never started")
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
+        done = wait_for_job(client, job["id"], HEADERS, timeout_seconds=20)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "worker_lost"
+
+
+def test_sigterm_finishes_current_job(fault_env, tmp_path):
+    redis = Redis.from_url(fault_env["REINS_REDIS_URL"])
+    with app_for(fault_env) as client:
+        worker = WorkerProcess(fault_env, tmp_path / "worker.log", mock=True)
+        worker.wait_until_listening(redis)
+        job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow", "num_inference_steps": 6},
+                          headers=HEADERS).json()
+        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
+                   "the job never started")
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=30) == 0
+        done = client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()
+    assert done["status"] == "completed"
+
+
+def test_redis_outage_gives_503_and_jobs_complete_after(fault_env, tmp_path):
+    """Redis with append-only persistence stops mid-job and restarts on the same port: the API answers 503
+    meanwhile, the running worker reconnects by itself, and every job accepted before the outage completes."""
+    folder = tmp_path / "redis"
+    port = free_port()
+    redis_process, url = start_redis(folder, port=port, append_only=True)
+    env = {**fault_env, "REINS_REDIS_URL": url}
+    api_port = free_port()
+    log = (tmp_path / "api.log").open("w")
+    api = subprocess.Popen([sys.executable, "-m", "reins.cli", "api"], env={**os.environ, **env, "REINS_PORT": str(api_port)},
+                           cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    worker = WorkerProcess(env, tmp_path / "worker.log", mock=True)
+    try:
+        wait_for_port(api_port, 60, api)
+        worker.wait_until_listening(Redis.from_url(url))
+        base = f"http://127.0.0.1:{api_port}"
+        accepted = [httpx.post(f"{base}/v1/generate", json={"model": "tiny-wan", "prompt": f"before {index}"},
+                               headers=HEADERS).json()["id"] for index in range(3)]
+        time.sleep(0.5)  # the worker is now inside the first job
+
+        stop_process(redis_process)
+        down = httpx.post(f"{base}/v1/generate", json={"model": "tiny-wan", "prompt": "during"}, headers=HEADERS)
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "service_unavailable"
+        assert down.headers["retry-after"]
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert httpx.get(f"{base}/v1/jobs/{accepted[0]}", headers=HEADERS).status_code == 503
+        time.sleep(2)
+
+        redis_process, _ = start_redis(folder, port=port, append_only=True)
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        for job_id in accepted:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status = httpx.get(f"{base}/v1/jobs/{job_id}", headers=HEADERS).json()["status"]
+                if status in ("completed", "failed"):
+                    break
+                time.sleep(0.1)
+            assert status == "completed", job_id
+        assert worker.process.poll() is None, "the worker exited instead of reconnecting"
+    finally:
+        worker.stop()
+        stop_process(api)
+        stop_process(redis_process)
+        log.close()
