@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
 class UsageError(Exception):
     """Invalid command-line input; reported with exit code 2."""
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO, which would bury the demo's progress lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _positive_int(text: str) -> int:
@@ -123,8 +113,9 @@ def _load(args: argparse.Namespace):
     from reins.families import family_for_pipeline
     from reins.pipelines import load_pipeline
 
-    if not Path(args.model).exists() and "/" not in args.model:
-        raise UsageError(f"--model {args.model!r} is neither an existing folder nor a hub id of the form owner/name")
+    if not Path(args.model).exists() and "/" not in args.model and args.model != "toy":
+        raise UsageError(f"--model {args.model!r} is neither an existing folder, a hub id of the form owner/name, "
+                         "nor toy (the shipped toy model)")
     pipeline = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     return pipeline, family_for_pipeline(pipeline)
 
@@ -180,6 +171,26 @@ def cmd_discover(args: argparse.Namespace) -> int:
                "layers": [{k: row[k] for k in ("block", "probe_accuracy", "auc", "mean_norm")}
                           for row in result.report["layers"]]}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_toy_train(args: argparse.Namespace) -> int:
+    from reins.toy.train import TrainingConfig, train
+
+    config = TrainingConfig(seed=args.seed, steps=args.steps, max_minutes=args.max_minutes)
+    record = train(config, args.out, progress=not args.no_progress)
+    summary = {key: record[key] for key in ("steps_done", "stopped_early", "seconds", "final_loss",
+                                            "transformer_parameters")}
+    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0
+
+
+def cmd_toy_eval(args: argparse.Namespace) -> int:
+    from reins.toy.evaluate import EvaluationConfig, evaluate, format_table
+
+    config = EvaluationConfig(samples_per_prompt=args.samples_per_prompt, seed=args.seed)
+    report = evaluate(args.model, config, plot_path=args.plot, direction_path=args.direction_out)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
 
@@ -251,15 +262,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    from app.main import create_app
     from app.settings import Settings
 
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
                                                  ("redis_url", args.redis_url)) if value is not None}
-    settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # Child processes read settings from the environment, so the flags travel there too.
+    for key, value in overrides.items():
+        os.environ[f"REINS_{key.upper()}"] = str(value)
+    settings = Settings()
+    created_folder = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes share one /metrics only through prometheus_client's multiprocess files.
+        created_folder = tempfile.mkdtemp(prefix="reins-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = created_folder
+    try:
+        # log_config=None leaves uvicorn's loggers to the handler that app.logs installs, so that its access lines
+        # follow REINS_LOG_FORMAT too.
+        uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=args.workers, log_level=settings.log_level.lower(), log_config=None)
+    finally:
+        if created_folder:
+            shutil.rmtree(created_folder, ignore_errors=True)
     return 0
 
 
@@ -271,6 +299,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.models:
         overrides["worker_models"] = args.models.split(",")
     run_worker(Settings(**overrides), burst=args.burst)
+    return 0
+
+
+def cmd_webhook_worker(args: argparse.Namespace) -> int:
+    from app.settings import Settings
+    from app.webhooks import run_webhook_worker
+
+    run_webhook_worker(Settings(), burst=args.burst)
     return 0
 
 
@@ -332,17 +368,230 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     prompt=args.prompt, strength=args.strength)
 
 
+# Client commands: `reins submit` and `reins jobs ...` talk to a running API through reins.client.
+
+
+class _ProgressLine:
+    """Shows a job's status and progress on stderr: one line rewritten in place on a terminal, else a line per
+    change."""
+
+    def __init__(self) -> None:
+        self.is_terminal = sys.stderr.isatty()
+        self.width = 0
+
+    def show(self, job) -> None:
+        text = f"{job.id} {job.status:<11} {job.progress * 100:5.1f}%"
+        if self.is_terminal:
+            sys.stderr.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.is_terminal and self.width:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.width = 0
+
+
+def _api_client(args: argparse.Namespace):
+    from reins.client import API_KEY_VARIABLE, ReinsClient
+
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
+    if not api_key:
+        raise UsageError(f"missing API key: pass --api-key or set {API_KEY_VARIABLE}")
+    try:
+        return ReinsClient(args.url, api_key)
+    except ValueError as error:
+        raise UsageError(f"--url: {error}") from None
+
+
+def _report_client_error(error: Exception) -> int:
+    """Raise an API 4xx that names a field as a UsageError (exit 2). Print any other error and return 1."""
+    from reins.client import ReinsAPIError
+
+    if isinstance(error, ReinsAPIError) and 400 <= error.status < 500 and error.field:
+        raise UsageError(error.message) from None
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+def _print_model(value) -> None:
+    print(value.model_dump_json(indent=2))
+
+
+def _wait_and_finish(client, job, args: argparse.Namespace, out: Path | None) -> int:
+    """Follow the job with a progress line, download its video if it completed, and print it as JSON."""
+    progress = _ProgressLine()
+    try:
+        job = client.wait(job.id, timeout=args.timeout, on_progress=progress.show)
+    finally:
+        progress.end()
+    if job.status != "completed":
+        _print_model(job)
+        reason = f": {job.error.code}: {job.error.message}" if job.error else ""
+        print(f"job {job.id} {job.status}{reason}", file=sys.stderr)
+        return 1
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        client.download(job.id, out)
+        print(f"wrote {out}", file=sys.stderr)
+    _print_model(job)
+    return 0
+
+
+def _check_out(out: Path | None) -> None:
+    if out is not None and out.is_dir():
+        raise UsageError(f"--out {out} is a folder, expected the path of the mp4 file to write")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from reins.client import ReinsError
+
+    if args.image is not None and not args.image.is_file():
+        raise UsageError(f"--image {args.image}: no such file")
+    _check_out(args.out)
+    fields = {
+        "negative_prompt": args.negative_prompt,
+        "num_frames": args.num_frames,
+        "height": args.height,
+        "width": args.width,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
+        "steering_strength": args.strength,
+        "steering_preset": args.preset,
+    }
+    with _api_client(args) as client:
+        try:
+            job = client.submit(args.model, args.prompt, image=args.image, idempotency_key=args.idempotency_key,
+                                **fields)
+            print(f"submitted {job.id}", file=sys.stderr)
+            if args.no_wait:
+                _print_model(job)
+                return 0
+            return _wait_and_finish(client, job, args, args.out or Path(f"{job.id}.mp4"))
+        except ReinsError as error:
+            return _report_client_error(error)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from reins.client import ReinsError
+
+    with _api_client(args) as client:
+        try:
+            if args.action == "list":
+                if args.all:
+                    jobs = [job.model_dump(mode="json") for job in client.iter_jobs(args.limit, args.after)]
+                    print(json.dumps(jobs, indent=2))
+                else:
+                    _print_model(client.list(limit=args.limit, after=args.after))
+            elif args.action == "get":
+                _print_model(client.get(args.job_id))
+            elif args.action == "wait":
+                return _wait_and_finish(client, client.get(args.job_id), args, args.out)
+            elif args.action == "cancel":
+                _print_model(client.cancel(args.job_id))
+            elif args.action == "delete":
+                _print_model(client.delete(args.job_id))
+            else:
+                _check_out(args.out)
+                out = args.out or Path(f"{args.job_id}.mp4")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                client.download(args.job_id, out)
+                print(f"wrote {out}", file=sys.stderr)
+        except ReinsError as error:
+            return _report_client_error(error)
+    return 0
+
+
+def _positive_seconds(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return value
+
+
+def _page_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected at most 100 jobs a page, got {value}")
+    return value
+
+
+def _add_client_commands(commands) -> None:
+    """Register `reins submit` and `reins jobs`, which use the API at --url with the key --api-key."""
+    from reins.client import API_KEY_VARIABLE, API_URL_VARIABLE, DEFAULT_URL
+
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=os.environ.get(API_URL_VARIABLE) or DEFAULT_URL,
+                            help=f"base URL of the API (default: {API_URL_VARIABLE}, else {DEFAULT_URL})")
+    connection.add_argument("--api-key", help=f"the tenant's API key (default: {API_KEY_VARIABLE}, which keeps the "
+                                              "key out of the process list)")
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--timeout", type=_positive_seconds,
+                         help="seconds to wait for the job to end before exiting with code 1 (default: no limit)")
+
+    submit = commands.add_parser("submit", parents=[connection, waiting],
+                                 help="queue a generation on the API, follow its progress and download the mp4")
+    submit.add_argument("--model", required=True, help="model name as configured on the server")
+    submit.add_argument("--prompt", required=True)
+    submit.add_argument("--negative-prompt")
+    submit.add_argument("--image", type=Path, help="input image, for image-to-video models (sent as multipart)")
+    strength = submit.add_mutually_exclusive_group()
+    strength.add_argument("--strength", type=_finite_float,
+                          help="steering strength, a multiple of the direction's reference norm (default: the "
+                               "tenant's default)")
+    strength.add_argument("--preset", help="named steering strength from the tenant's presets")
+    submit.add_argument("--num-frames", type=_positive_int, help="frames to generate (default: the model's)")
+    submit.add_argument("--height", type=_positive_int, help="height in pixels (default: the model's)")
+    submit.add_argument("--width", type=_positive_int, help="width in pixels (default: the model's)")
+    submit.add_argument("--steps", type=_positive_int, help="denoising steps (default: the model's)")
+    submit.add_argument("--guidance-scale", type=_finite_float, help="classifier-free guidance scale "
+                                                                      "(default: the model's)")
+    submit.add_argument("--seed", type=int, help="random seed (default: 0)")
+    submit.add_argument("--out", type=Path, help="mp4 file to write (default: JOB_ID.mp4 in the current folder)")
+    submit.add_argument("--no-wait", action="store_true", help="print the queued job and exit without waiting")
+    submit.add_argument("--idempotency-key", help="reuse a key to make a repeated command return the first job "
+                                                  "(default: a new random key)")
+    submit.set_defaults(handler=cmd_submit)
+
+    jobs = commands.add_parser("jobs", help="list, get, wait for, cancel, delete or download jobs on the API")
+    actions = jobs.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[connection], help="print the tenant's jobs, newest first")
+    listing.add_argument("--limit", type=_page_size, default=20, help="jobs per page, at most 100 (default: 20)")
+    listing.add_argument("--after", metavar="JOB_ID", help="start after this job id (the last_id of a page)")
+    listing.add_argument("--all", action="store_true", help="follow the pages and print every job as one array")
+    for name, help_text in (("get", "print a job"), ("cancel", "cancel a queued or running job"),
+                            ("delete", "delete a job, its video and its input image")):
+        action = actions.add_parser(name, parents=[connection], help=help_text)
+        action.add_argument("job_id")
+    wait = actions.add_parser("wait", parents=[connection, waiting],
+                              help="follow a job until it ends, and exit 0 if it completed, else 1")
+    wait.add_argument("job_id")
+    wait.add_argument("--out", type=Path, help="also download the mp4 to this file if the job completed")
+    download = actions.add_parser("download", parents=[connection], help="write a completed job's mp4")
+    download.add_argument("job_id")
+    download.add_argument("--out", type=Path, help="mp4 file to write (default: JOB_ID.mp4 in the current folder)")
+    jobs.set_defaults(handler=cmd_jobs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from reins.tiny import SIZES, TINY_MODELS
+    # reins.families imports no torch, so commands that only talk HTTP start fast; every tiny model is named
+    # after its family.
+    from reins.families import FAMILIES
+
+    tiny_names = sorted(FAMILIES)
 
     parser = argparse.ArgumentParser(prog="reins", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tiny = commands.add_parser("tiny-model", help="build a tiny random-weight pipeline with save_pretrained")
-    tiny.add_argument("--family", default="wan", choices=list(TINY_MODELS), help="which tiny pipeline to build")
+    tiny.add_argument("--family", default="wan", choices=tiny_names, help="which tiny pipeline to build")
     tiny.add_argument("--out", required=True, type=Path, help="output folder")
-    tiny.add_argument("--size", default="tiny", choices=list(SIZES),
+    tiny.add_argument("--size", default="tiny", choices=["tiny", "small"],
                       help="tiny: runs in well under a second; small: about 8 blocks at 128x128, big enough to time")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.set_defaults(handler=cmd_tiny_model)
@@ -394,12 +643,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steering_window(swp)
     _add_generation_options(swp)
     swp.set_defaults(handler=cmd_sweep)
+
+    toy = commands.add_parser("toy", help="train and evaluate the toy text-to-video model that shows steering's effect")
+    toy_commands = toy.add_subparsers(dest="toy_command", required=True)
+    toy_train = toy_commands.add_parser("train", help="train the toy model on this CPU and save the checkpoint")
+    toy_train.add_argument("--out", type=Path, default=Path("reins/toy/checkpoint"),
+                           help="folder for the checkpoint (default: reins/toy/checkpoint, the shipped one)")
+    toy_train.add_argument("--seed", type=int, default=0, help="seed of the weights, data and noise (default: 0)")
+    toy_train.add_argument("--steps", type=_positive_int, default=4000, help="optimiser steps (default: 4000)")
+    toy_train.add_argument("--max-minutes", type=_finite_float, default=15.0,
+                           help="stop early after this many minutes of training (default: 15)")
+    toy_train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    toy_train.set_defaults(handler=cmd_toy_train)
+    toy_eval = toy_commands.add_parser("eval", help="measure unsteered and steered outputs of the toy model")
+    toy_eval.add_argument("--model", default="toy", help="toy checkpoint folder (default: toy, the shipped one)")
+    toy_eval.add_argument("--samples-per-prompt", type=_positive_int, default=4,
+                          help="seeds per prompt in each measured set (default: 4)")
+    toy_eval.add_argument("--seed", type=int, default=0, help="first seed of the evaluation (default: 0)")
+    toy_eval.add_argument("--plot", type=Path, help="write probe accuracy and steering effect by block to this PNG")
+    toy_eval.add_argument("--direction-out", type=Path,
+                          help="write the direction of the recommended block to this file with `discover`")
+    toy_eval.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    toy_eval.set_defaults(handler=cmd_toy_eval)
     gen.set_defaults(handler=cmd_generate)
 
     api = commands.add_parser("api", help="run the HTTP API (settings from REINS_* variables)")
     api.add_argument("--host")
     api.add_argument("--port", type=_positive_int)
     api.add_argument("--redis-url")
+    api.add_argument("--workers", type=_positive_int, default=1, help="server processes (default: 1)")
     api.set_defaults(handler=cmd_api)
 
     work = commands.add_parser("worker", help="run a worker that loads the configured models once")
@@ -407,6 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--models", help="comma-separated model names to load (default: all configured)")
     work.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     work.set_defaults(handler=cmd_worker)
+
+    hooks = commands.add_parser("webhook-worker", help="deliver signed webhooks for finished jobs, with retries")
+    hooks.add_argument("--burst", action="store_true", help="exit when no delivery is queued")
+    hooks.set_defaults(handler=cmd_webhook_worker)
 
     tenants = commands.add_parser("tenants", help="create, list and revoke tenants and API keys")
     tenants.add_argument("--file", type=Path, help="tenants file (default: REINS_TENANTS_FILE or tenants.toml)")
@@ -438,13 +714,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default="a red car moving left on a street at night")
     demo.add_argument("--strength", type=_finite_float, help="steering strength (default: the demo tenant's default)")
     demo.set_defaults(handler=cmd_demo)
+    _add_client_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    from app.logs import configure_logging
+    from app.settings import Settings
+
+    configure_logging(args.log_level, Settings().log_format)
     try:
         return args.handler(args)
     except UsageError as error:

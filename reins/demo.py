@@ -1,8 +1,8 @@
 """`reins demo`: the whole service on one machine, from an empty folder to a steered mp4.
 
 It builds the tiny Wan pipeline, writes a configuration with one demo tenant, starts a private redis-server (unless
-REINS_REDIS_URL is set), the API and one worker, submits a request over HTTP, follows its progress, downloads the
-video, and stops everything it started.
+REINS_REDIS_URL is set), the API and one worker. It then submits a request, follows its progress and downloads the
+video with reins.client, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
-from app.protocol import TERMINAL_STATUSES
+from app.protocol import Job
 from app.tenants import create_tenant
+from reins.client import ReinsAPIError, ReinsClient, WaitTimeout
 from reins.processes import REDIS_INSTALL_HINT, ServiceError, free_port, start_redis, stop_process, wait_for_port
 from reins.tiny import read_tiny_marker, save_tiny_model
 from reins.video import probe_mp4
@@ -116,46 +115,47 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
         wait_for_port(port, 60, api)
         _say(f"API on http://127.0.0.1:{port} (logs in {workdir}/api.log), worker started (logs in {workdir}/worker.log)")
 
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {api_key}"}
-        body = {"model": MODEL_NAME, "prompt": prompt, "seed": 0}
+        body = {"seed": 0}
         if strength is not None:
             body["steering_strength"] = strength
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-            response = _submit_when_worker_ready(client, body, worker)
-            if response.status_code != 202:
-                _say(f"error: POST /v1/generate answered {response.status_code}: {response.text}")
+        # Retries are off: the demo polls for the worker itself, faster than the 30 s Retry-After of a 503.
+        with ReinsClient(f"http://127.0.0.1:{port}", api_key, max_retries=0) as client:
+            try:
+                job = _submit_when_worker_ready(client, prompt, body, worker)
+            except ReinsAPIError as error:
+                _say(f"error: POST /v1/generate answered {error.status}: {error.code}: {error.message}")
                 return 1
-            job = response.json()
-            _say(f"submitted {job['id']}: {json.dumps(job['request'])}")
-            job = _follow(client, job["id"], worker)
-            if job["status"] != "completed":
-                _say(f"error: job {job['id']} ended {job['status']}: {job.get('error')}")
+            _say(f"submitted {job.id}: {json.dumps(job.request.model_dump(mode='json'))}")
+            job = _follow(client, job.id, worker)
+            if job.status != "completed":
+                error = job.error.model_dump(mode="json") if job.error else None
+                _say(f"error: job {job.id} ended {job.status}: {error}")
                 return 1
-            video = client.get(f"/v1/jobs/{job['id']}/content")
-            video.raise_for_status()
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(video.content)
+            client.download(job.id, out)
 
         info = probe_mp4(out)
         _say(f"wrote {out.resolve()} ({info['codec']}, {info['width']}x{info['height']}, {info['frames']} frames)")
-        _say("steering applied: " + json.dumps(job["steering"]))
+        _say("steering applied: " + json.dumps(job.steering.model_dump(mode="json")))
         return 0
     finally:
         for process in reversed(started):
             stop_process(process)
 
 
-def _submit_when_worker_ready(client: httpx.Client, body: dict, worker: subprocess.Popen,
-                              timeout_seconds: float = 120) -> httpx.Response:
+def _submit_when_worker_ready(client: ReinsClient, prompt: str, body: dict, worker: subprocess.Popen,
+                              timeout_seconds: float = 120) -> Job:
     """Submit the request, retrying while the API answers 503 because the worker is still loading the model."""
     deadline = time.monotonic() + timeout_seconds
+    # One Idempotency-Key for every attempt: a 503 releases the key, and a lost response cannot queue a second job.
+    key = f"reins-demo-{secrets.token_hex(8)}"
     waiting_shown = False
     while True:
-        response = client.post("/v1/generate", json=body)
-        unavailable = response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
-        if not unavailable or time.monotonic() > deadline:
-            return response
+        try:
+            return client.submit(MODEL_NAME, prompt, idempotency_key=key, **body)
+        except ReinsAPIError as error:
+            if error.code != "model_unavailable" or time.monotonic() > deadline:
+                raise
         if worker.poll() is not None:
             raise ServiceError(f"the worker exited with code {worker.returncode}; see its log")
         if not waiting_shown:
@@ -164,19 +164,23 @@ def _submit_when_worker_ready(client: httpx.Client, body: dict, worker: subproce
         time.sleep(0.2)
 
 
-def _follow(client: httpx.Client, job_id: str, worker: subprocess.Popen, timeout_seconds: float = 300) -> dict:
-    """Poll the job until it ends, printing each progress change."""
+def _follow(client: ReinsClient, job_id: str, worker: subprocess.Popen, timeout_seconds: float = 300) -> Job:
+    """Follow the job until it ends, printing each progress change and checking every second that the worker
+    still runs."""
     deadline = time.monotonic() + timeout_seconds
     last_state = None
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        state = (job["status"], job["progress"])
+
+    def show(job: Job) -> None:
+        nonlocal last_state
+        state = (job.status, job.progress)
         if state != last_state:
-            _say(f"  {job['status']:<12} {job['progress'] * 100:5.1f}%")
+            _say(f"  {job.status:<12} {job.progress * 100:5.1f}%")
             last_state = state
-        if job["status"] in TERMINAL_STATUSES:
-            return job
-        if worker.poll() is not None:
-            raise ServiceError(f"the worker exited with code {worker.returncode}; see its log")
-        time.sleep(0.1)
+
+    while time.monotonic() < deadline:
+        try:
+            return client.wait(job_id, timeout=min(1.0, deadline - time.monotonic()), on_progress=show)
+        except WaitTimeout:
+            if worker.poll() is not None:
+                raise ServiceError(f"the worker exited with code {worker.returncode}; see its log") from None
     raise ServiceError(f"job {job_id} did not finish within {timeout_seconds} s")
