@@ -145,7 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def announce_failure(record: dict) -> None:
             enqueue_deliveries(redis, settings.key_prefix, record, "failed", settings.webhook_retry_intervals_seconds)
 
-        reaper = asyncio.create_task(run_reaper(app.state.jobs, settings, on_failed=announce_failure))
+        reaper = asyncio.create_task(run_reaper(app.state.jobs, settings, storage=app.state.storage,
+                                                on_failed=announce_failure))
         logger.info("api started: models=%s", ",".join(models))
         try:
             yield

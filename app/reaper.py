@@ -46,11 +46,40 @@ def reap_once(jobs: JobStore, settings: Settings, on_failed=None) -> dict[str, s
     return outcomes
 
 
-async def run_reaper(jobs: JobStore, settings: Settings, on_failed=None) -> None:
-    """Call reap_once every `reaper_interval_seconds` until cancelled; Redis errors are logged and retried."""
+def _job_id_of(key: str) -> str:
+    """Return the job id in a storage key (`job_x.mp4` or `inputs/job_x.png`)."""
+    return key.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def remove_expired_objects(jobs: JobStore, storage, settings: Settings) -> list[str]:
+    """Delete stored videos and input images older than the job TTL whose job record is gone; return their keys.
+
+    A record expires `job_ttl_seconds` after its last write, which is when its video was stored, so the two expire
+    together; an object whose record still exists (a job updated later) is kept.
+    """
+    removed = []
+    for key in list(storage.keys_older_than(settings.job_ttl_seconds)):
+        job_id = _job_id_of(key)
+        if not job_id.startswith("job_") or jobs.redis.exists(jobs.key(job_id)):
+            continue
+        storage.delete(key)
+        removed.append(key)
+    if removed:
+        logger.info("retention: removed %d stored objects of expired jobs", len(removed))
+    return removed
+
+
+async def run_reaper(jobs: JobStore, settings: Settings, storage=None, on_failed=None) -> None:
+    """Call reap_once every `reaper_interval_seconds`, and remove expired objects every
+    `retention_interval_seconds`, until cancelled; errors are logged and retried."""
+    loop = asyncio.get_running_loop()
+    next_retention = loop.time()
     while True:
         try:
             await run_in_threadpool(reap_once, jobs, settings, on_failed)
+            if storage is not None and loop.time() >= next_retention:
+                next_retention = loop.time() + settings.retention_interval_seconds
+                await run_in_threadpool(remove_expired_objects, jobs, storage, settings)
         except RedisError as error:
             logger.warning("reaper: redis unavailable: %s", error)
         except Exception:

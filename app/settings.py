@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: float = Field(30.0, gt=0)
     reaper_interval_seconds: float = Field(10.0, gt=0)
     job_max_attempts: int = Field(2, ge=1)
+    # How often the API deletes stored videos and input images whose job record has expired.
+    retention_interval_seconds: float = Field(3600.0, gt=0)
 
     # Worker settings.
     worker_models: list[str] = Field(default_factory=list)  # empty: every model in the config file

@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
@@ -92,6 +93,10 @@ class Storage(Protocol):
         """Return a URL that lets anyone GET the object until it expires, or None if the backend has no such URLs."""
         ...
 
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        """Yield the keys of objects last written more than `seconds` ago."""
+        ...
+
     def check(self) -> None:
         """Raise StorageError, with the cause, if the backend cannot be used."""
         ...
@@ -139,6 +144,14 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        cutoff = time.time() - seconds
+        if not self.root.is_dir():
+            return
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.startswith(".") and path.stat().st_mtime < cutoff:
+                yield path.relative_to(self.root).as_posix()
 
     def presigned_url(self, key: str, expires_seconds: int) -> None:
         """Return None: the API streams local files itself."""
@@ -360,6 +373,16 @@ class S3Storage:
     def delete(self, key: str) -> None:
         name = self.object_key(key)
         self._request("delete", name, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
+
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+        paginator = self.client.get_paginator("list_objects_v2")
+        listing = {"Bucket": self.bucket, **({"Prefix": self.prefix + "/"} if self.prefix else {})}
+        for page in paginator.paginate(**listing):
+            for item in page.get("Contents", []):
+                if item["LastModified"] < cutoff:
+                    name = item["Key"]
+                    yield name[len(self.prefix) + 1:] if self.prefix else name
 
     def presigned_url(self, key: str, expires_seconds: int) -> str:
         """Return a GET URL for the object on the public endpoint. Signing is local: no request is sent."""

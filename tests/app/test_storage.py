@@ -460,3 +460,27 @@ def test_make_storage_requires_bucket(service_env):
     settings = settings_from(service_env).model_copy(update={"storage_backend": "s3"})
     with pytest.raises(ValueError, match="REINS_S3_BUCKET"):
         create_app(settings)
+
+
+def test_expired_objects_are_removed(storage, redis_url):
+    import time
+    import uuid
+
+    from redis import Redis
+
+    from app.jobs import JobStore
+    from app.reaper import remove_expired_objects
+    from app.settings import Settings
+
+    jobs = JobStore(Redis.from_url(redis_url), "retention-" + uuid.uuid4().hex[:8], ttl_seconds=600)
+    kept, gone = "job_" + uuid.uuid4().hex, "job_" + uuid.uuid4().hex
+    jobs.redis.hset(jobs.key(kept), "status", '"completed"')
+    for job_id in (kept, gone):
+        storage.put_bytes(f"{job_id}.mp4", b"video")
+        storage.put_bytes(f"inputs/{job_id}.png", b"image")
+    time.sleep(1.1)
+    removed = remove_expired_objects(jobs, storage, Settings(job_ttl_seconds=60).model_copy(update={"job_ttl_seconds": 1}))
+    assert sorted(removed) == sorted([f"{gone}.mp4", f"inputs/{gone}.png"])
+    assert not storage.exists(f"{gone}.mp4")
+    assert storage.exists(f"{kept}.mp4")
+    assert storage.exists(f"inputs/{kept}.png")
