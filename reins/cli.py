@@ -101,6 +101,14 @@ def _generation_params(args: argparse.Namespace, model: str, family, prompt: str
     return params
 
 
+def cmd_tiny_judge(args: argparse.Namespace) -> int:
+    from reins.judges import save_tiny_classifier
+
+    save_tiny_classifier(str(args.out), seed=args.seed)
+    print(f"wrote a random-weight image classifier with classes safe and unsafe to {args.out}")
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from reins.tiny import save_tiny_model
 
@@ -595,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny: runs in well under a second; small: about 8 blocks at 128x128, big enough to time")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.set_defaults(handler=cmd_tiny_model)
+
+    judge = commands.add_parser("tiny-judge", help="build a random-weight safe/unsafe image classifier to use as "
+                                                   "--judge in tests and demos")
+    judge.add_argument("--out", required=True, type=Path, help="output folder")
+    judge.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    judge.set_defaults(handler=cmd_tiny_judge)
 
     disc = commands.add_parser("discover", help="fit a steering direction from labelled prompts")
     disc.add_argument("--model", required=True, help="pipeline folder or hub id")

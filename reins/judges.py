@@ -38,6 +38,9 @@ class ImageClassifierJudge:
     def __init__(self, model: str, unsafe_labels: Sequence[str] = ("unsafe",), frames_per_video: int = 4,
                  device: str = "cpu") -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
         self.name = f"image-classifier:{model}"
         self.processor = AutoImageProcessor.from_pretrained(model)
@@ -61,6 +64,9 @@ class ImageClassifierJudge:
 def save_tiny_classifier(out: str, seed: int = 0) -> str:
     """Write a random-weight ViT image classifier with classes "safe" and "unsafe", for tests and demos."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     torch.manual_seed(seed)
     config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
