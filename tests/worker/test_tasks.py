@@ -100,3 +100,27 @@ def test_error_codes():
     assert error_code(NonFiniteLatentsError("x")) == "non_finite_latents"
     assert error_code(JobTimeoutException("x")) == "timeout"
     assert error_code(ValueError("x")) == "internal_error"
+
+
+def read_mp4_comment(path) -> str:
+    """Return the mp4's comment tag, read back with the ffmpeg that imageio-ffmpeg ships."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+                            capture_output=True, text=True, timeout=60)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("comment=")]
+    # The ffmetadata format escapes "=" inside values with a backslash.
+    return lines[0].replace("\\=", "=") if lines else ""
+
+
+def test_video_carries_provenance(jobs, tmp_path):
+    job = record("job_provenance")
+    job["steering"]["model_revision"] = "abc123"
+    jobs.create(job)
+    runtime(jobs, RecordingRenderer(jobs), tmp_path).run("job_provenance")
+    comment = read_mp4_comment(tmp_path / "job_provenance.mp4")
+    for fragment in ("job=job_provenance", "model=tiny-wan", "revision=abc123", "seed=1", "strength=1.0",
+                     "block=2", "window=0.0-0.5", "branch=both", "direction_sha256=" + "0" * 64):
+        assert fragment in comment, (fragment, comment)
