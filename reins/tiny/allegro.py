@@ -8,7 +8,7 @@ import torch
 
 from reins.families import get_family
 from reins.tiny import GenerationDefaults, TinyModel
-from reins.tiny.text import t5_tokenizer
+from reins.tiny.text import t5_encoder, t5_tokenizer
 
 
 @dataclass(frozen=True)
@@ -31,25 +31,6 @@ _DEFAULTS = {
     "small": GenerationDefaults(height=128, width=128, num_frames=24, num_inference_steps=8),
 }
 _LATENT_CHANNELS = 4
-
-
-def _text_encoder(shape: _Shape, tokenizer):
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=shape.text_dim,
-            d_kv=8,
-            d_ff=2 * shape.text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
 
 
 def _transformer(shape: _Shape, height: int, width: int):
@@ -97,7 +78,7 @@ def build_allegro(size: str, seed: int):
     defaults = _DEFAULTS[size]
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim)
     transformer = _transformer(shape, defaults.height, defaults.width)
     vae = _vae(shape, defaults.height)
     pipeline = AllegroPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,

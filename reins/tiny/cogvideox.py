@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from reins.tiny import GenerationDefaults, TinyModel
-from reins.tiny.text import t5_tokenizer
+from reins.tiny.text import t5_encoder, t5_tokenizer
 
 
 @dataclass(frozen=True)
@@ -40,25 +40,6 @@ _VAE_SPATIAL_COMPRESSION = 8
 # CogVideoXPatchEmbed adds its fixed positional embeddings (when used) to exactly this many text tokens, and the
 # pipelines pad every prompt to it.
 _MAX_TEXT_TOKENS = 226
-
-
-def _text_encoder(shape: _Shape, tokenizer):
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=shape.text_dim,
-            d_kv=8,
-            d_ff=2 * shape.text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
 
 
 def _vae(shape: _Shape, size: str, **extra):
@@ -123,7 +104,7 @@ def build_cogvideox(size: str, seed: int):
     latent_side = _DEFAULTS[size].height // _VAE_SPATIAL_COMPRESSION
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim)
     # The sample size sets the pipeline's default height and width and the crop grid of the 1.0 rotary embeddings.
     transformer = _transformer(shape, size, in_channels=_LATENT_CHANNELS, sample_height=latent_side,
                                sample_width=latent_side)
@@ -140,7 +121,7 @@ def build_cogvideox_i2v(size: str, seed: int):
     latent_side = _DEFAULTS[size].height // _VAE_SPATIAL_COMPRESSION
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim)
     # The 1.5 rotary embeddings slice a grid of sample_height x sample_width latents, so that is the largest latent
     # size the model takes. Twice the default side leaves room for sizes up to twice the default.
     # NOTE: the pipeline's own default height and width (sample size times 8) are therefore twice the tiny defaults;

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from reins.tiny import GenerationDefaults, TinyModel
-from reins.tiny.text import t5_tokenizer
+from reins.tiny.text import t5_encoder, t5_tokenizer
 
 
 @dataclass(frozen=True)
@@ -32,25 +32,6 @@ _DEFAULTS = {
     "tiny": GenerationDefaults(height=64, width=64, num_frames=9, num_inference_steps=4),
     "small": GenerationDefaults(height=128, width=128, num_frames=17, num_inference_steps=8),
 }
-
-
-def _text_encoder(shape: _Shape, tokenizer):
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=shape.text_dim,
-            d_kv=8,
-            d_ff=2 * shape.text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
 
 
 def _transformer(shape: _Shape):
@@ -134,7 +115,7 @@ def _components(size: str, seed: int, timestep_conditioning: bool) -> dict:
     torch.manual_seed(seed)
     return dict(
         tokenizer=tokenizer,
-        text_encoder=_text_encoder(shape, tokenizer),
+        text_encoder=t5_encoder(tokenizer, shape.text_dim),
         transformer=_transformer(shape),
         vae=_vae(shape, timestep_conditioning),
         scheduler=_scheduler(),

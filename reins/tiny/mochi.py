@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from reins.tiny import GenerationDefaults, TinyModel
-from reins.tiny.text import t5_tokenizer
+from reins.tiny.text import t5_encoder, t5_tokenizer
 
 
 @dataclass(frozen=True)
@@ -31,25 +31,6 @@ _DEFAULTS = {
 }
 # MochiPipeline denormalises latents with a view of 12 channels, so every Mochi VAE has 12 latent channels.
 _LATENT_CHANNELS = 12
-
-
-def _text_encoder(shape: _Shape, tokenizer):
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=shape.text_dim,
-            d_kv=8,
-            d_ff=2 * shape.text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
 
 
 def _transformer(shape: _Shape):
@@ -90,7 +71,7 @@ def build_mochi(size: str, seed: int):
     shape = _SHAPES[size]
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim)
     transformer = _transformer(shape)
     vae = _vae(shape)
     # MochiPipeline passes sigmas that fall from 1 and relies on the scheduler to invert them into Mochi's reversed

@@ -22,3 +22,24 @@ def t5_tokenizer():
     pieces += [("\u2581", -8.0)]
     pieces += [(char, -10.0) for char in string.ascii_lowercase + string.digits + string.punctuation]
     return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def t5_encoder(tokenizer, d_model: int, umt5: bool = False):
+    """Build a two-layer T5 (or UMT5) text encoder of width `d_model` for `tokenizer`, from the global torch seed."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    return model_class(
+        config_class(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=8,
+            d_ff=2 * d_model,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from reins.tiny import GenerationDefaults, TinyModel
-from reins.tiny.text import t5_tokenizer
+from reins.tiny.text import t5_encoder, t5_tokenizer
 
 
 @dataclass(frozen=True)
@@ -29,25 +29,6 @@ _DEFAULTS = {
     "small": GenerationDefaults(height=128, width=128, num_frames=17, num_inference_steps=8),
 }
 _LATENT_CHANNELS = 4
-
-
-def _text_encoder(shape: _Shape, tokenizer):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    return UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=shape.text_dim,
-            d_kv=8,
-            d_ff=2 * shape.text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
 
 
 def _transformer(shape: _Shape, in_channels: int = _LATENT_CHANNELS, **extra):
@@ -96,7 +77,7 @@ def build_wan(size: str, seed: int):
     shape = _SHAPES[size]
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim, umt5=True)
     transformer = _transformer(shape)
     vae = _vae(shape)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
@@ -111,7 +92,7 @@ def build_wan_i2v(size: str, seed: int):
     shape = _SHAPES[size]
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim, umt5=True)
     image_encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(hidden_size=16, projection_dim=16, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=32, image_size=32, patch_size=8)
@@ -134,7 +115,7 @@ def build_wan22_ti2v(size: str, seed: int):
     shape = _SHAPES[size]
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim, umt5=True)
     transformer = _transformer(shape)
     vae = _vae(shape, is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
@@ -148,7 +129,7 @@ def build_wan22_a14b(size: str, seed: int):
     shape = _SHAPES[size]
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = _text_encoder(shape, tokenizer)
+    text_encoder = t5_encoder(tokenizer, shape.text_dim, umt5=True)
     transformer = _transformer(shape)
     transformer_2 = _transformer(shape)
     vae = _vae(shape)
