@@ -41,6 +41,8 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str | None, str]:
         return field, f"{field} is required"
     if kind == "json_invalid":
         return None, f"request body is not valid JSON: {error.get('msg', '')}"
+    if kind in ("model_type", "dict_type") and field is None:
+        return None, "request body must be a JSON object with the fields of GenerateRequest (see /docs)"
     received = error.get("input")
     preview = repr(received)
     if len(preview) > 80:
@@ -48,6 +50,9 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str | None, str]:
     message = error.get("msg", "invalid value")
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    if field is None:
+        # A rule across fields: the whole body is the value, so it is not repeated.
+        return None, message
     return field, f"{field}: {message[0].lower() + message[1:]}, got {preview}"
 
 

@@ -82,11 +82,13 @@ class RequestContextMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            if is_multipart:
+                detail, field = "the image is limited by REINS_MAX_IMAGE_BYTES", "image"
+            else:
+                detail, field = "prompts are limited in characters, see the prompt field's limit in /docs", None
             response = error_response(
-                413,
-                "request_too_large",
-                f"request body is {int(declared)} bytes; the limit is {limit} bytes "
-                "(prompts are limited in characters, see the prompt field's limit in /docs)",
+                413, "request_too_large", f"request body is {int(declared)} bytes; the limit is {limit} bytes ({detail})",
+                field,
             )
             await response(scope, receive, send_with_id)
             self._observe(scope, status["code"], started)

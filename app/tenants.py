@@ -79,7 +79,7 @@ class TenantConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = ""
+    name: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     api_keys: list[ApiKey] = Field(default_factory=list)
     default_strength: float
     min_strength: float

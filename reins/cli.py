@@ -15,6 +15,11 @@ class UsageError(Exception):
     """Invalid command-line input; reported with exit code 2."""
 
 
+class InputRejected(UsageError):
+    """The server or a data file rejected the input (exit code 2); the command line itself was fine, so no usage
+    banner is printed."""
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -246,6 +251,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     steerer = steering = None
     if direction is not None:
         steerer = Steerer(pipeline, block_index=direction.metadata.block_index)
+        if direction.metadata.family != family.name:
+            raise UsageError(
+                f"--direction {args.direction} was fitted on a {direction.metadata.family} model "
+                f"({direction.metadata.model_id}); {args.model} is a {family.name} model"
+            )
         if steerer.hidden_size != direction.metadata.hidden_size:
             raise UsageError(
                 f"--direction {args.direction} was fitted on a model with hidden size {direction.metadata.hidden_size} "
@@ -355,7 +365,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             ]
             print(json.dumps(listing, indent=2))
     except TenantsFileError as error:
-        raise UsageError(str(error)) from None
+        raise InputRejected(str(error)) from None
     return 0
 
 
@@ -420,7 +430,7 @@ def _report_client_error(error: Exception) -> int:
     from reins.client import ReinsAPIError
 
     if isinstance(error, ReinsAPIError) and 400 <= error.status < 500 and error.field:
-        raise UsageError(error.message) from None
+        raise InputRejected(error.message) from None
     print(f"error: {error}", file=sys.stderr)
     return 1
 
@@ -741,10 +751,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, Settings().log_format)
     try:
         return args.handler(args)
+    except InputRejected as error:
+        print(f"reins: error: {error}", file=sys.stderr)
+        return 2
     except UsageError as error:
         parser.error(str(error))  # exits with code 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of stdout (for example `head`) closed it early; that is not an error of this command.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

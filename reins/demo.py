@@ -97,6 +97,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
             _say(f"started a private redis-server at {redis_url}")
 
         port = free_port()
+        key_prefix = f"reins-demo-{secrets.token_hex(4)}"
         env = dict(
             os.environ,
             REINS_REDIS_URL=redis_url,
@@ -105,7 +106,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
             REINS_STORAGE_DIR=str(workdir / "videos"),
             REINS_PORT=str(port),
             REINS_WORKER_METRICS_PORT="0",
-            REINS_KEY_PREFIX=f"reins-demo-{secrets.token_hex(4)}",
+            REINS_KEY_PREFIX=key_prefix,
         )
         logs = (workdir / "api.log").open("w"), (workdir / "worker.log").open("w")
         api = subprocess.Popen([sys.executable, "-m", "reins.cli", "api"], env=env, stdout=logs[0], stderr=logs[0])
@@ -114,6 +115,7 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
         started.append(worker)
         wait_for_port(port, 60, api)
         _say(f"API on http://127.0.0.1:{port} (logs in {workdir}/api.log), worker started (logs in {workdir}/worker.log)")
+        _wait_for_worker(redis_url, f"{key_prefix}:{MODEL_NAME}", worker)
 
         body = {"seed": 0}
         if strength is not None:
@@ -143,13 +145,28 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
             stop_process(process)
 
 
+def _wait_for_worker(redis_url: str, queue_name: str, worker: subprocess.Popen, timeout_seconds: float = 120) -> None:
+    """Wait until the worker has loaded the model and registered on its queue, so that the first request is served."""
+    from app.queue import count_workers
+    from app.redis_connection import connect
+
+    redis = connect(redis_url)
+    deadline = time.monotonic() + timeout_seconds
+    _say("waiting for the worker to load the model")
+    while count_workers(redis, queue_name) == 0:
+        if worker.poll() is not None:
+            raise ServiceError(f"the worker exited with code {worker.returncode}; see its log")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the worker did not start within {timeout_seconds} s; see its log")
+        time.sleep(0.1)
+
+
 def _submit_when_worker_ready(client: ReinsClient, prompt: str, body: dict, worker: subprocess.Popen,
                               timeout_seconds: float = 120) -> Job:
     """Submit the request, retrying while the API answers 503 because the worker is still loading the model."""
     deadline = time.monotonic() + timeout_seconds
     # One Idempotency-Key for every attempt: a 503 releases the key, and a lost response cannot queue a second job.
     key = f"reins-demo-{secrets.token_hex(8)}"
-    waiting_shown = False
     while True:
         try:
             return client.submit(MODEL_NAME, prompt, idempotency_key=key, **body)
@@ -158,9 +175,6 @@ def _submit_when_worker_ready(client: ReinsClient, prompt: str, body: dict, work
                 raise
         if worker.poll() is not None:
             raise ServiceError(f"the worker exited with code {worker.returncode}; see its log")
-        if not waiting_shown:
-            _say("waiting for the worker to load the model")
-            waiting_shown = True
         time.sleep(0.2)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,6 +89,8 @@ def save_direction(path: str | Path, vector: np.ndarray, metadata: DirectionMeta
     header["format_version"] = FORMAT_VERSION
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({TENSOR_NAME: vector}, str(path), metadata=header)
+    # Workers and API containers run as other users, so the file is readable by all, like a model file.
+    os.chmod(path, 0o644)
     return Direction(vector=vector, metadata=stored)
 
 

@@ -28,6 +28,7 @@ from app.protocol import (
     SteeringApplied,
 )
 from app.queue import count_workers, enqueue_job, poll_headers
+from app.webhooks import WebhookRefused, check_destination
 from app.storage import input_image_key
 from app.tenants import TenantConfig
 from app.tokens import count_tokens
@@ -222,6 +223,11 @@ def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenan
     if body.webhook_url and not tenant.webhook_secret:
         raise _invalid("webhook_url", "this tenant has no webhook secret to sign deliveries with; create the tenant "
                                       "with --webhook-url")
+    if body.webhook_url:
+        try:
+            check_destination(body.webhook_url, state.settings.webhook_allow_private_addresses)
+        except WebhookRefused as refused:
+            raise _invalid("webhook_url", str(refused)) from None
 
     job_id = new_job_id()
     if idempotency_key is not None:
@@ -330,6 +336,7 @@ async def create_generation(
         raise
 
     response.headers.update(poll_headers(job))
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
         logger.info("job %s: replayed for Idempotency-Key", job.id)

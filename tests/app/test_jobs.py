@@ -238,3 +238,37 @@ def test_model_without_worker_is_503(service_env, tmp_path):
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "model_unavailable"
     assert response.headers["retry-after"] == "30"
+
+
+def test_created_job_has_location(client):
+    response = submit(client)
+    assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+
+
+def test_rule_across_fields_has_clear_message(client):
+    response = submit(client, steering_preset="light", steering_strength=0.5)
+    error = response.json()["error"]
+    assert error["message"] == "send steering_strength or steering_preset, not both"
+    assert error["field"] is None
+
+
+def test_body_must_be_object(client):
+    response = client.post("/v1/generate", content=b"[1, 2]",
+                           headers={**auth(), "content-type": "application/json"})
+    assert response.status_code == 422
+    assert "must be a JSON object" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://127.0.0.1:9/hook"])
+def test_private_webhook_url_is_rejected(client, limited_env, tmp_path, url):
+    from app.tenants import new_webhook_secret
+
+    tenants = write_tenants(tmp_path, alpha={"webhook_url": "https://example.com/hook",
+                                             "webhook_secret": new_webhook_secret()})
+    settings = settings_from(limited_env).model_copy(update={"tenants_file": tenants})
+    with TestClient(create_app(settings)) as hooked:
+        response = hooked.post("/v1/generate", json={"model": "tiny-wan", "prompt": "x", "webhook_url": url},
+                               headers=auth())
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "webhook_url"
+    assert "not a public address" in response.json()["error"]["message"]

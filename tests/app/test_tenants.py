@@ -50,6 +50,7 @@ def test_cli_create_list_revoke(tmp_path):
         (["create", "t", "--preset", "huge=9"], "outside [0.0, 2.0]"),
         (["create", "t", "--preset", "nonsense"], "NAME=STRENGTH"),
         (["revoke-key", "nobody", "key_x"], "tenants file not found"),
+        (["create", "bad name!"], "name"),
     ],
 )
 def test_cli_bad_input_exits_2(tmp_path, arguments, message):

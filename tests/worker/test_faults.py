@@ -97,7 +97,8 @@ def test_sigterm_finishes_current_job(fault_env, tmp_path):
         wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
                    "the job never started")
         worker.process.send_signal(signal.SIGTERM)
-        assert worker.process.wait(timeout=30) == 0
+        # RQ's warm shutdown lets the job's remaining steps run first; a loaded machine can take a while.
+        assert worker.process.wait(timeout=120) == 0
         done = client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()
     assert done["status"] == "completed"
 
