@@ -53,6 +53,6 @@ def cancel_queued(redis: Redis, job_id: str) -> None:
 
 
 def poll_headers(job: Job) -> dict[str, str]:
-    """Return the header that tells a client when to poll an unfinished job again."""
+    """Return the header with the interval after which a client should poll an unfinished job again."""
     interval = POLL_INTERVAL_MS.get(job.status)
     return {} if interval is None else {"X-Poll-Interval-Ms": str(interval)}

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # Server-sent events: how often a stream checks the job, and how long one stream may stay open.
     events_poll_seconds: float = Field(0.25, gt=0)
     events_max_seconds: float = Field(3600, gt=0)
-    # "reject": answer 503 for a model that no live worker serves; "accept": queue it until a worker comes.
+    # "reject": return 503 for a model that no live worker serves. "accept": queue it until a worker comes.
     queue_without_worker: Literal["reject", "accept"] = "reject"
     # Deliver webhooks to private, loopback and link-local addresses (off by default: a tenant's URL must not
     # reach the deployment's internal services).

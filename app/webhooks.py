@@ -7,8 +7,8 @@ RQ queue `<prefix>:webhooks`, which `reins webhook-worker` processes. A delivery
 
 with the headers `webhook-id` (stable across retries, so receivers can drop duplicates), `webhook-timestamp` (Unix
 seconds of this attempt) and `webhook-signature` ("v1," and the base64 HMAC-SHA256, keyed with the base64-decoded
-part of the tenant's "whsec_" secret, of "<id>.<timestamp>.<body>"). A non-2xx answer or a network error is retried
-with growing delays; an address on a private network is refused unless the operator allows it.
+part of the tenant's "whsec_" secret, of "<id>.<timestamp>.<body>"). A non-2xx response or a network error is
+retried with growing delays. An address on a private network is rejected unless the operator allows it.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def enqueue_deliveries(redis: Redis, prefix: str, record: dict, status: str, ret
 
 
 class _Context:
-    """What `deliver` needs in the webhook worker process: tenants (for their secrets) and settings."""
+    """State of the webhook worker process that `deliver` reads: the tenants (for their secrets) and settings."""
 
     tenants: Any = None
     allow_private: bool = False
@@ -137,7 +137,7 @@ def deliver(delivery: dict) -> int:
     try:
         check_destination(delivery["url"], context.allow_private)
     except WebhookRefused as error:
-        logger.error("webhook %s: refused: %s", delivery["id"], error)
+        logger.error("webhook %s: destination rejected, dropping: %s", delivery["id"], error)
         return 0
     body = json.dumps(delivery["payload"], separators=(",", ":")).encode()
     timestamp = int(time.time())
@@ -151,9 +151,9 @@ def deliver(delivery: dict) -> int:
     response = httpx.post(delivery["url"], content=body, headers=headers, timeout=context.timeout_seconds,
                           follow_redirects=False)
     if not 200 <= response.status_code < 300:
-        logger.warning("webhook %s: %s answered %d; will retry", delivery["id"], urlsplit(delivery["url"]).hostname,
+        logger.warning("webhook %s: %s responded %d; will retry", delivery["id"], urlsplit(delivery["url"]).hostname,
                        response.status_code)
-        raise RuntimeError(f"webhook receiver answered {response.status_code}")
+        raise RuntimeError(f"webhook receiver responded {response.status_code}")
     logger.info("webhook %s: delivered (%d)", delivery["id"], response.status_code)
     return response.status_code
 

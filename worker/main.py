@@ -68,8 +68,8 @@ def run_worker(settings: Settings, renderer: Renderer | None = None, burst: bool
             worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
             return
         except (RedisConnectionError, RedisTimeoutError) as error:
-            # The pipelines stay loaded: only the RQ worker is rebuilt once Redis answers again. A job that was
-            # running is requeued by the API's reaper when its heartbeats stop.
+            # The pipelines stay loaded, and only the RQ worker is rebuilt once Redis responds again. A job that
+            # was running is requeued by the API's reaper when its heartbeats stop.
             logger.warning("redis unavailable (%s); reconnecting", error)
         while not _redis_answers(redis):
             time.sleep(delay)

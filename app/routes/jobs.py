@@ -1,6 +1,6 @@
 """The job resource: list, read, follow, download, cancel and delete a tenant's jobs.
 
-Every route looks the job up through `_tenant_job`, which answers 404 for another tenant's job, so a job id
+Every route looks the job up through `_tenant_job`, which returns 404 for another tenant's job, so a job id
 reveals nothing to other tenants.
 """
 
@@ -68,7 +68,7 @@ def get_job(request: Request, response: Response, job_id: str, tenant: Tenant) -
 @router.post("/{job_id}/cancel", response_model=Job, responses={**_ERRORS, 409: {"model": ErrorResponse}},
              summary="Cancel a queued or running job")
 def cancel_job(request: Request, job_id: str, tenant: Tenant) -> Job:
-    """A queued job leaves the queue at once; a running job stops after its current denoising step."""
+    """Cancel a job: a queued one leaves the queue at once, a running one stops after its current step."""
     state = request.app.state
     _tenant_job(request, job_id, tenant.name)
     before = state.jobs.request_cancel(job_id, tenant.name)
