@@ -188,13 +188,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_train(args: argparse.Namespace) -> int:
+    from reins.toy.pipeline import CHECKPOINT_DIR
     from reins.toy.train import TrainingConfig, train
 
+    out = args.out or CHECKPOINT_DIR
     config = TrainingConfig(seed=args.seed, steps=args.steps, max_minutes=args.max_minutes)
-    record = train(config, args.out, progress=not args.no_progress)
+    record = train(config, out, progress=not args.no_progress)
     summary = {key: record[key] for key in ("steps_done", "stopped_early", "seconds", "final_loss",
                                             "transformer_parameters")}
-    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    print(json.dumps({"out": str(out), **summary}, indent=2))
     return 0
 
 
@@ -671,8 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy = commands.add_parser("toy", help="train and evaluate the toy text-to-video model that shows steering's effect")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
     toy_train = toy_commands.add_parser("train", help="train the toy model on this CPU and save the checkpoint")
-    toy_train.add_argument("--out", type=Path, default=Path("reins/toy/checkpoint"),
-                           help="folder for the checkpoint (default: reins/toy/checkpoint, the shipped one)")
+    toy_train.add_argument("--out", type=Path,
+                           help="folder for the checkpoint (default: the shipped one, reins/toy/checkpoint in the package)")
     toy_train.add_argument("--seed", type=int, default=0, help="seed of the weights, data and noise (default: 0)")
     toy_train.add_argument("--steps", type=_positive_int, default=4000, help="optimiser steps (default: 4000)")
     toy_train.add_argument("--max-minutes", type=_finite_float, default=15.0,
@@ -682,11 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     toy_eval = toy_commands.add_parser("eval", help="measure unsteered and steered outputs of the toy model")
     toy_eval.add_argument("--model", default="toy", help="toy checkpoint folder (default: toy, the shipped one)")
     toy_eval.add_argument("--samples-per-prompt", type=_positive_int, default=4,
-                          help="seeds per prompt in each measured set (default: 4)")
-    toy_eval.add_argument("--seed", type=int, default=0, help="first seed of the evaluation (default: 0)")
+                          help="seeds per red prompt in discovery and the sweep; the test set uses twice as many "
+                               "(default: 4)")
+    toy_eval.add_argument("--seed", type=int, default=0, help="offset added to every seed of the evaluation (default: 0)")
     toy_eval.add_argument("--plot", type=Path, help="write probe accuracy and steering effect by block to this PNG")
     toy_eval.add_argument("--direction-out", type=Path,
-                          help="write the direction of the recommended block to this file with `discover`")
+                          help="write the direction of the recommended block to this file, in the format of "
+                               "`reins discover`")
     toy_eval.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     toy_eval.set_defaults(handler=cmd_toy_eval)
     gen.set_defaults(handler=cmd_generate)

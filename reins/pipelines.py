@@ -41,17 +41,26 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto", revision: str | None = None) -> Any:
-    """Load a pipeline with `from_pretrained` from a local folder or a hub id, moved to `device`."""
+    """Load a pipeline with `from_pretrained` from a local folder or a hub id, moved to `device`.
+
+    `model` "toy", or a folder with a saved toy pipeline, loads the toy model of `reins.toy`.
+    """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
+
+    from reins.toy.pipeline import is_toy_checkpoint, load_toy_pipeline
 
     # Loading bars would interleave with the job logs of a worker.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    pipeline = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype, revision=revision)
+    if is_toy_checkpoint(model):
+        # The toy pipeline class lives in this package, not in diffusers, so its own class loads it.
+        pipeline = load_toy_pipeline(model, dtype=torch_dtype)
+    else:
+        pipeline = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype, revision=revision)
     family = family_for_pipeline(pipeline)  # Reject an unsupported pipeline class before any work.
     family.prepare_pipeline(pipeline)
     pipeline.to(device)

@@ -117,7 +117,7 @@ class ModelFamily:
 
 
 # Modules that define families; each exports FAMILIES, a tuple of ModelFamily.
-_MODULES = ("wan", "cogvideox", "ltx", "allegro", "hunyuan", "mochi")
+_MODULES = ("wan", "cogvideox", "ltx", "allegro", "hunyuan", "mochi", "toy")
 
 
 def _load_families() -> dict[str, ModelFamily]:
