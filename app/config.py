@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -44,9 +45,15 @@ class ModelConfig(_Strict):
     default_width: int | None = None
     default_inference_steps: int = Field(30, ge=1)
     default_guidance_scale: float = 5.0
+    # Steering policy of this model: the fractions of the denoising schedule to steer, and the guidance branches.
+    step_window: tuple[float, float] = (0.0, 0.5)
+    branch_mode: Literal["both", "cond"] = "both"
 
     @model_validator(mode="after")
     def _check_family(self) -> "ModelConfig":
+        start, end = self.step_window
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"step_window must satisfy 0 <= start < end <= 1, got {list(self.step_window)}")
         if self.family not in FAMILIES:
             raise ValueError(f"family {self.family!r} is unknown; known families: {', '.join(FAMILIES)}")
         return self

@@ -385,7 +385,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from reins.demo import run_demo
 
     return run_demo(workdir=Path(args.workdir), out=Path(args.out) if args.out else None,
-                    prompt=args.prompt, strength=args.strength)
+                    prompt=args.prompt, strength=args.strength, model=args.model)
 
 
 # Client commands: `reins submit` and `reins jobs ...` talk to a running API through reins.client.
@@ -739,7 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start Redis, the API and a worker, generate one video, stop")
     demo.add_argument("--out", help="mp4 file to write (default: WORKDIR/demo.mp4)")
     demo.add_argument("--workdir", default="var/demo", help="folder for the tiny model, config and videos")
-    demo.add_argument("--prompt", default="a red car moving left on a street at night")
+    demo.add_argument("--model", choices=["tiny-wan", "toy"], default="tiny-wan",
+                      help="tiny-wan: random weights, shows the path; toy: the trained toy model, unsteered and "
+                           "steered side by side")
+    demo.add_argument("--prompt", help="prompt to generate (default: one that fits the model)")
     demo.add_argument("--strength", type=_finite_float, help="steering strength (default: the demo tenant's default)")
     demo.set_defaults(handler=cmd_demo)
     _add_client_commands(commands)

@@ -3,6 +3,9 @@
 It builds the tiny Wan pipeline, writes a configuration with one demo tenant, starts a private redis-server (unless
 REINS_REDIS_URL is set), the API and one worker. It then submits a request, follows its progress and downloads the
 video with reins.client, and stops everything it started.
+
+With `--model toy` it serves the trained toy model instead, submits the same prompt unsteered and steered, and
+writes both clips side by side (unsteered on the left), with what the toy judge reads in each.
 """
 
 from __future__ import annotations
@@ -23,9 +26,25 @@ from reins.processes import REDIS_INSTALL_HINT, ServiceError, free_port, start_r
 from reins.tiny import read_tiny_marker, save_tiny_model
 from reins.video import probe_mp4
 
-SHIPPED_DIRECTION = Path(__file__).resolve().parent.parent / "directions" / "tiny-wan.safetensors"
-SHIPPED_PROMPTS = Path(__file__).resolve().parent.parent / "directions" / "tiny-wan.prompts.jsonl"
+DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
+SHIPPED_DIRECTION = DIRECTIONS / "tiny-wan.safetensors"
+SHIPPED_PROMPTS = DIRECTIONS / "tiny-wan.prompts.jsonl"
 MODEL_NAME = "tiny-wan"
+DEFAULT_PROMPT = "a red car moving left on a street at night"
+TOY_MODEL = "toy"
+TOY_PROMPT = "a red square moving left"
+# The toy model's steering policy, as `reins toy eval` recommends it in directions/manifest.json.
+TOY_SECTION = """[models.toy]
+path = "toy"
+family = "toy"
+direction = "{direction}"
+default_num_frames = 3
+default_height = 16
+default_width = 16
+default_inference_steps = 16
+default_guidance_scale = 4.0
+step_window = [0.0, 1.0]
+"""
 
 
 def _say(message: str) -> None:
@@ -47,12 +66,15 @@ def _direction_for(model_dir: Path, workdir: Path) -> Path:
     return target
 
 
-def write_demo_config(workdir: Path, model_dir: Path, direction: Path) -> tuple[Path, Path, str]:
+def write_demo_config(workdir: Path, model_dir: Path | None, direction: Path) -> tuple[Path, Path, str]:
     """Write the model configuration and a tenants file with one demo tenant; return both paths and its key."""
     tenants = workdir / "tenants.toml"
     tenants.unlink(missing_ok=True)
     _, api_key = create_tenant(tenants, "demo", default_strength=1.0, min_strength=0.0, max_strength=2.0)
     config = workdir / "reins.toml"
+    if model_dir is None:
+        config.write_text("# Written by reins demo.\n" + TOY_SECTION.format(direction=direction.resolve()))
+        return config, tenants, api_key
     config.write_text(
         f"""# Written by reins demo.
 [models.{MODEL_NAME}]
@@ -69,17 +91,23 @@ default_inference_steps = 4
     return config, tenants, api_key
 
 
-def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | None) -> int:
+def run_demo(workdir: Path, out: Path | None, prompt: str | None, strength: float | None,
+             model: str = MODEL_NAME) -> int:
     if not os.environ.get("REINS_REDIS_URL") and shutil.which("redis-server") is None:
         _say(f"error: {REDIS_INSTALL_HINT}")
         return 1
     workdir.mkdir(parents=True, exist_ok=True)
     out = out or workdir / "demo.mp4"
-    model_dir = workdir / "models" / MODEL_NAME
-    if read_tiny_marker(model_dir) is None:
-        _say(f"building the tiny Wan pipeline in {model_dir}")
-        save_tiny_model(model_dir)
-    direction = _direction_for(model_dir, workdir)
+    if model == TOY_MODEL:
+        model_dir, direction = None, DIRECTIONS / "toy.safetensors"
+        prompt = prompt or TOY_PROMPT
+    else:
+        prompt = prompt or DEFAULT_PROMPT
+        model_dir = workdir / "models" / MODEL_NAME
+        if read_tiny_marker(model_dir) is None:
+            _say(f"building the tiny Wan pipeline in {model_dir}")
+            save_tiny_model(model_dir)
+        direction = _direction_for(model_dir, workdir)
     config, tenants, api_key = write_demo_config(workdir, model_dir, direction)
 
     started: list[subprocess.Popen] = []
@@ -115,26 +143,29 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
         started.append(worker)
         wait_for_port(port, 60, api)
         _say(f"API on http://127.0.0.1:{port} (logs in {workdir}/api.log), worker started (logs in {workdir}/worker.log)")
-        _wait_for_worker(redis_url, f"{key_prefix}:{MODEL_NAME}", worker)
+        _wait_for_worker(redis_url, f"{key_prefix}:{model}", worker)
 
         body = {"seed": 0}
         if strength is not None:
             body["steering_strength"] = strength
+        out.parent.mkdir(parents=True, exist_ok=True)
         # Retries are off: the demo polls for the worker itself, faster than the 30 s Retry-After of a 503.
         with ReinsClient(f"http://127.0.0.1:{port}", api_key, max_retries=0) as client:
-            try:
-                job = _submit_when_worker_ready(client, prompt, body, worker)
-            except ReinsAPIError as error:
-                _say(f"error: POST /v1/generate answered {error.status}: {error.code}: {error.message}")
-                return 1
-            _say(f"submitted {job.id}: {json.dumps(job.request.model_dump(mode='json'))}")
-            job = _follow(client, job.id, worker)
-            if job.status != "completed":
-                error = job.error.model_dump(mode="json") if job.error else None
-                _say(f"error: job {job.id} ended {job.status}: {error}")
-                return 1
-            out.parent.mkdir(parents=True, exist_ok=True)
-            client.download(job.id, out)
+            if model == TOY_MODEL:
+                # The same prompt and seed twice: unsteered, then with the tenant's default strength.
+                unsteered_path = workdir / "toy-unsteered.mp4"
+                steered_path = workdir / "toy-steered.mp4"
+                unsteered = _run_job(client, model, prompt, {"seed": 0, "steering_strength": 0.0}, worker,
+                                     unsteered_path)
+                job = _run_job(client, model, prompt, body, worker, steered_path)
+                if unsteered is None or job is None:
+                    return 1
+                _write_side_by_side(unsteered_path, steered_path, out)
+                _describe_toy_clips(unsteered_path, steered_path)
+            else:
+                job = _run_job(client, model, prompt, body, worker, out)
+                if job is None:
+                    return 1
 
         info = probe_mp4(out)
         _say(f"wrote {out.resolve()} ({info['codec']}, {info['width']}x{info['height']}, {info['frames']} frames)")
@@ -143,6 +174,57 @@ def run_demo(workdir: Path, out: Path | None, prompt: str, strength: float | Non
     finally:
         for process in reversed(started):
             stop_process(process)
+
+
+def _run_job(client: ReinsClient, model: str, prompt: str, body: dict, worker: subprocess.Popen,
+             out: Path) -> Job | None:
+    """Submit one job, follow it and download its video to `out`; print why and return None if it did not complete."""
+    try:
+        job = _submit_when_worker_ready(client, model, prompt, body, worker)
+    except ReinsAPIError as error:
+        _say(f"error: POST /v1/generate answered {error.status}: {error.code}: {error.message}")
+        return None
+    _say(f"submitted {job.id}: {json.dumps(job.request.model_dump(mode='json'))}")
+    job = _follow(client, job.id, worker)
+    if job.status != "completed":
+        error = job.error.model_dump(mode="json") if job.error else None
+        _say(f"error: job {job.id} ended {job.status}: {error}")
+        return None
+    client.download(job.id, out)
+    return job
+
+
+def _read_frames(path: Path):
+    import imageio_ffmpeg
+    import numpy as np
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    width, height = next(reader)["size"]
+    return np.stack([np.frombuffer(frame, dtype=np.uint8).reshape(height, width, 3) for frame in reader])
+
+
+def _write_side_by_side(left: Path, right: Path, out: Path, scale: int = 8) -> None:
+    """Write the two clips next to each other, enlarged `scale` times without smoothing, with a grey gap."""
+    import numpy as np
+
+    from reins.video import write_mp4
+
+    first, second = _read_frames(left), _read_frames(right)
+    gap = np.full((first.shape[0], first.shape[1], 2, 3), 128, dtype=np.uint8)
+    frames = np.concatenate([first, gap, second], axis=2).repeat(scale, axis=1).repeat(scale, axis=2)
+    write_mp4(frames, out, fps=4)
+
+
+def _describe_toy_clips(unsteered: Path, steered: Path) -> None:
+    """Print what the toy judge reads in each clip (read back from the H.264 files, so colours are approximate)."""
+    from reins.toy.judge import ToyJudge
+
+    judge = ToyJudge()
+    _say("the video shows the unsteered clip on the left and the steered one on the right")
+    for label, path in (("unsteered", unsteered), ("steered", steered)):
+        reading = judge.read(_read_frames(path))
+        _say(f"{label:>9}: object={reading.has_object} colour={reading.color} shape={reading.shape} "
+             f"motion={reading.motion}")
 
 
 def _wait_for_worker(redis_url: str, queue_name: str, worker: subprocess.Popen, timeout_seconds: float = 120) -> None:
@@ -161,7 +243,7 @@ def _wait_for_worker(redis_url: str, queue_name: str, worker: subprocess.Popen, 
         time.sleep(0.1)
 
 
-def _submit_when_worker_ready(client: ReinsClient, prompt: str, body: dict, worker: subprocess.Popen,
+def _submit_when_worker_ready(client: ReinsClient, model: str, prompt: str, body: dict, worker: subprocess.Popen,
                               timeout_seconds: float = 120) -> Job:
     """Submit the request, retrying while the API answers 503 because the worker is still loading the model."""
     deadline = time.monotonic() + timeout_seconds
@@ -169,7 +251,7 @@ def _submit_when_worker_ready(client: ReinsClient, prompt: str, body: dict, work
     key = f"reins-demo-{secrets.token_hex(8)}"
     while True:
         try:
-            return client.submit(MODEL_NAME, prompt, idempotency_key=key, **body)
+            return client.submit(model, prompt, idempotency_key=key, **body)
         except ReinsAPIError as error:
             if error.code != "model_unavailable" or time.monotonic() > deadline:
                 raise

@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 
-# The denoising-step window and branch mode are server policy, not request fields.
-STEP_WINDOW = (0.0, 0.5)
-BRANCH_MODE = "both"
 
 
 def _invalid(field: str, message: str) -> APIError:
@@ -171,8 +168,9 @@ def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfi
         direction_sha256=served.direction.sha256,
         block_index=served.direction.block_index,
         reference_norm=served.direction.reference_norm,
-        step_window=STEP_WINDOW,
-        branch_mode=BRANCH_MODE,
+        # The window and branch mode are the operator's policy for the model, not request fields.
+        step_window=model.step_window,
+        branch_mode=model.branch_mode,
     )
     return params, steering
 
