@@ -1,7 +1,9 @@
-"""Recovery of jobs whose worker died: a worker that is killed mid-job stops sending heartbeats, and the reaper
-puts its job back on the queue (or fails it with `worker_lost` once its attempts are spent), so no job stays
-`in_progress` forever. Every API process runs one; the status change is atomic in Redis, so they never act twice
-on one job."""
+"""Recovery of jobs whose worker died, and removal of stored objects whose job expired.
+
+A worker that is killed mid-job stops sending heartbeats. The reaper then puts its job back on the queue, or fails
+it with `worker_lost` once its attempts are spent, so no job stays `in_progress` forever. Every API process runs
+one, and each status change is atomic in Redis, so two reapers never act on the same job.
+"""
 
 from __future__ import annotations
 

@@ -245,7 +245,7 @@ def _wait_for_worker(redis_url: str, queue_name: str, worker: subprocess.Popen, 
 
 def _submit_when_worker_ready(client: ReinsClient, model: str, prompt: str, body: dict, worker: subprocess.Popen,
                               timeout_seconds: float = 120) -> Job:
-    """Submit the request, retrying while the API answers 503 because the worker is still loading the model."""
+    """Submit the request, retrying while the API returns 503 because the worker is still loading the model."""
     deadline = time.monotonic() + timeout_seconds
     # One Idempotency-Key for every attempt: a 503 releases the key, and a lost response cannot queue a second job.
     key = f"reins-demo-{secrets.token_hex(8)}"

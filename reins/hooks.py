@@ -54,7 +54,7 @@ def step_clock(pipeline) -> StepClock:
 
 
 class ContextAwareHook(ModelHook):
-    """A `ModelHook` that knows the denoising step and the guidance branch of the current block call."""
+    """A `ModelHook` that reads the denoising step and the guidance branch of the current block call."""
 
     _is_stateful = True
 

@@ -473,14 +473,14 @@ def test_expired_objects_are_removed(storage, redis_url):
     from app.settings import Settings
 
     jobs = JobStore(Redis.from_url(redis_url), "retention-" + uuid.uuid4().hex[:8], ttl_seconds=600)
-    kept, gone = "job_" + uuid.uuid4().hex, "job_" + uuid.uuid4().hex
-    jobs.redis.hset(jobs.key(kept), "status", '"completed"')
-    for job_id in (kept, gone):
+    live_job, expired_job = "job_" + uuid.uuid4().hex, "job_" + uuid.uuid4().hex
+    jobs.redis.hset(jobs.key(live_job), "status", '"completed"')
+    for job_id in (live_job, expired_job):
         storage.put_bytes(f"{job_id}.mp4", b"video")
         storage.put_bytes(f"inputs/{job_id}.png", b"image")
     time.sleep(1.1)
     removed = remove_expired_objects(jobs, storage, Settings(job_ttl_seconds=60).model_copy(update={"job_ttl_seconds": 1}))
-    assert sorted(removed) == sorted([f"{gone}.mp4", f"inputs/{gone}.png"])
-    assert not storage.exists(f"{gone}.mp4")
-    assert storage.exists(f"{kept}.mp4")
-    assert storage.exists(f"inputs/{kept}.png")
+    assert sorted(removed) == sorted([f"{expired_job}.mp4", f"inputs/{expired_job}.png"])
+    assert not storage.exists(f"{expired_job}.mp4")
+    assert storage.exists(f"{live_job}.mp4")
+    assert storage.exists(f"inputs/{live_job}.png")

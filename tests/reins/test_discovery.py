@@ -41,7 +41,8 @@ def test_discover_reproduces_shipped_direction(tiny_model_dir, tmp_path):
     shipped = load_direction(REPO_ROOT / "directions" / "tiny-wan.safetensors")
     written = result.direction
     assert written.metadata.block_index == 2
-    assert written.metadata.num_safe == 8 and written.metadata.num_unsafe == 8
+    assert written.metadata.num_safe == 8
+    assert written.metadata.num_unsafe == 8
     assert written.metadata.sha256 == shipped.metadata.sha256
     assert written.metadata.step_window == [0.0, 0.5]
     assert written.metadata.probe_safe_mean > written.metadata.probe_unsafe_mean
@@ -79,5 +80,6 @@ def test_auc_and_split():
     assert roc_auc(np.array([3.0, 2.0, 1.0, 0.0]), np.array([True, True, False, False])) == 1.0
     assert roc_auc(np.array([1.0, 1.0]), np.array([True, False])) == 0.5
     train, test = stratified_split(np.array([0] * 10 + [1] * 10), 0.3, seed=0)
-    assert len(test) == 6 and len(train) == 14
+    assert len(test) == 6
+    assert len(train) == 14
     assert set(train).isdisjoint(test)
