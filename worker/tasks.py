@@ -39,6 +39,7 @@ def error_code(error: BaseException) -> str:
     names = {
         "NonFiniteLatentsError": "non_finite_latents",
         "FileNotFoundError": "input_missing",
+        "StorageError": "storage_error",
         "JobTimeoutException": "timeout",
         "DirectionMismatch": "direction_mismatch",
     }

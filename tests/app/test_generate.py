@@ -355,3 +355,17 @@ def test_readyz_reports_storage(service_env, tmp_path):
         response = isolated.get("/readyz")
     assert response.status_code == 503
     assert "storage" in response.json()
+
+
+def test_api_key_never_logged(client, api_headers, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        submit(client, api_headers["alpha"])
+        submit(client, {"Authorization": "Bearer a-wrong-key-that-must-not-be-logged"})
+        client.get("/v1/jobs", headers=api_headers["alpha"])
+    text = caplog.text
+    assert "job_" in text  # the capture works: the accepted job was logged
+    assert "a-wrong-key-that-must-not-be-logged" not in text
+    for header in api_headers.values():
+        assert header["Authorization"].split()[1] not in text

@@ -124,3 +124,23 @@ def test_video_carries_provenance(jobs, tmp_path):
     for fragment in ("job=job_provenance", "model=tiny-wan", "revision=abc123", "seed=1", "strength=1.0",
                      "block=2", "window=0.0-0.5", "branch=both", "direction_sha256=" + "0" * 64):
         assert fragment in comment, (fragment, comment)
+
+
+def test_storage_failure_fails_job(jobs, tmp_path):
+    from app.storage import StorageError
+
+    class UnreachableStorage:
+        def put_file(self, key, path):
+            raise StorageError("S3 endpoint unreachable after 4 attempts")
+
+        def delete(self, key):
+            pass
+
+    jobs.create(record("job_storage"))
+    worker_runtime = WorkerRuntime(RecordingRenderer(jobs), jobs, UnreachableStorage(), WorkerMetrics(), fps=8)
+    with pytest.raises(StorageError):
+        worker_runtime.run("job_storage")
+    failed = jobs.get("job_storage")
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "storage_error"
+    assert failed.get("result") is None
