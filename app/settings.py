@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
+    # How long the API lets requests in flight finish after SIGTERM.
+    shutdown_grace_seconds: float = Field(30.0, gt=0)
     # Server-sent events: how often a stream checks the job, and how long one stream may stay open.
     events_poll_seconds: float = Field(0.25, gt=0)
     events_max_seconds: float = Field(3600, gt=0)

@@ -303,8 +303,11 @@ def cmd_api(args: argparse.Namespace) -> int:
     try:
         # log_config=None leaves uvicorn's loggers to the handler that app.logs installs, so that its access lines
         # follow REINS_LOG_FORMAT too.
+        # On SIGTERM uvicorn stops accepting connections and lets requests in flight finish, for at most
+        # shutdown_grace_seconds, so that an open event stream cannot hold the shutdown forever.
         uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=args.workers, log_level=settings.log_level.lower(), log_config=None)
+                    workers=args.workers, log_level=settings.log_level.lower(), log_config=None,
+                    timeout_graceful_shutdown=settings.shutdown_grace_seconds)
     finally:
         if created_folder:
             shutil.rmtree(created_folder, ignore_errors=True)

@@ -148,3 +148,45 @@ def test_redis_outage_gives_503_and_jobs_complete_after(fault_env, tmp_path):
         stop_process(api)
         stop_process(redis_process)
         log.close()
+
+
+def test_api_sigterm_drains_requests(service_env, tmp_path):
+    """A request still uploading when the API gets SIGTERM is answered in full before the process exits."""
+    import threading
+
+    port = free_port()
+    env = {**os.environ, **service_env, "REINS_PORT": str(port), "REINS_KEY_PREFIX": "drain-" + uuid.uuid4().hex[:8]}
+    log = (tmp_path / "api.log").open("w")
+    api = subprocess.Popen([sys.executable, "-m", "reins.cli", "api"], cwd=REPO_ROOT, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 60, api)
+        body = b'{"model": "tiny-wan", "prompt": "sent slowly", "seed": 3}'
+        started = threading.Event()
+
+        def slow_body():
+            for index in range(0, len(body), 8):
+                if index == 16:
+                    started.set()
+                time.sleep(0.2)
+                yield body[index:index + 8]
+
+        outcome = {}
+
+        def send():
+            outcome["response"] = httpx.post(f"http://127.0.0.1:{port}/v1/generate", content=slow_body(),
+                                             headers={**HEADERS, "content-type": "application/json"}, timeout=30)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert started.wait(10)
+        api.send_signal(signal.SIGTERM)
+        sender.join(30)
+        # uvicorn re-raises SIGTERM once it has shut down cleanly, so the status is -SIGTERM rather than 0.
+        assert api.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        stop_process(api)
+        log.close()
+    assert outcome["response"].status_code == 202
+    assert outcome["response"].json()["request"]["seed"] == 3
+    assert "Application shutdown complete" in (tmp_path / "api.log").read_text()
