@@ -49,7 +49,7 @@ SHIPPED_DIRECTION = REPO_ROOT / "directions" / "tiny-wan.safetensors"
 METRICS_SOURCE_FOLDERS = [REPO_ROOT / "app", REPO_ROOT / "worker"]
 
 # Packages that only the worker and the method code import, so the API image must not install them.
-WORKER_ONLY_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "ftfy", "matplotlib"}
+WORKER_ONLY_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "ftfy", "matplotlib", "av"}
 # Values for the variables that docker-compose.yml requires. The Grafana one is a marker to find in the output.
 COMPOSE_VARIABLES = {
     "GRAFANA_ADMIN_PASSWORD": "grafana-test-password-5f1c",
