@@ -1,7 +1,7 @@
 """Logging setup for every REINS process: plain text, or one JSON object per line.
 
-Code that works on a job sets `job_context` for its duration; the JSON format then adds `job_id`, `tenant` and
-`model` to every line logged inside it, by any module. Messages never contain API keys or whole prompts.
+Code that works on a job sets `job_context` for its duration. The JSON format then adds `job_id`, `tenant` and
+`model` to every line logged inside it, by any module. REINS log messages contain no API keys and no prompts.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def remove_expired_objects(jobs: JobStore, storage, settings: Settings) -> list[
     """Delete stored videos and input images older than the job TTL whose job record is gone; return their keys.
 
     A record expires `job_ttl_seconds` after its last write, which is when its video was stored, so the two expire
-    together; an object whose record still exists (a job updated later) is kept.
+    together. An object whose record still exists (a job updated later) is kept.
     """
     removed = []
     for key in list(storage.keys_older_than(settings.job_ttl_seconds)):

@@ -36,7 +36,7 @@ DELIVER_FUNCTION = "app.webhooks.deliver"
 DEFAULT_TOLERANCE_SECONDS = 300
 
 
-class WebhookRefused(Exception):
+class WebhookDestinationRejected(Exception):
     """The URL may not receive deliveries (a private address, or a scheme other than http and https)."""
 
 
@@ -82,17 +82,17 @@ def check_destination(url: str, allow_private: bool) -> None:
     """Refuse URLs whose host resolves to a loopback, private, link-local or otherwise internal address."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookRefused(f"webhook URL must be http or https with a host, got {url!r}")
+        raise WebhookDestinationRejected(f"webhook URL must be http or https with a host, got {url!r}")
     if allow_private:
         return
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
     except socket.gaierror as error:
-        raise WebhookRefused(f"cannot resolve {parts.hostname}: {error}") from None
+        raise WebhookDestinationRejected(f"cannot resolve {parts.hostname}: {error}") from None
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not ip.is_global:
-            raise WebhookRefused(f"{parts.hostname} resolves to {ip}, which is not a public address")
+            raise WebhookDestinationRejected(f"{parts.hostname} resolves to {ip}, which is not a public address")
 
 
 def enqueue_deliveries(redis: Redis, prefix: str, record: dict, status: str, retry_intervals: list[int]) -> int:
@@ -136,7 +136,7 @@ def deliver(delivery: dict) -> int:
         return 0
     try:
         check_destination(delivery["url"], context.allow_private)
-    except WebhookRefused as error:
+    except WebhookDestinationRejected as error:
         logger.error("webhook %s: destination rejected, dropping: %s", delivery["id"], error)
         return 0
     body = json.dumps(delivery["payload"], separators=(",", ":")).encode()

@@ -160,7 +160,7 @@ class Services:
         return process
 
     def start_api(self, env: dict[str, str], workers: int = 1, name: str = "api") -> str:
-        """Start `reins api` on a free port and return its base URL once it answers /healthz."""
+        """Start `reins api` on a free port and return its base URL once /healthz responds."""
         port = free_port()
         process = self.start(name, [sys.executable, "-m", "reins.cli", "api", "--port", str(port),
                                     "--workers", str(workers)], env)
@@ -215,4 +215,4 @@ def wait_for_http(url: str, timeout_seconds: float) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_seconds} s")
+    raise TimeoutError(f"{url} did not respond with 200 within {timeout_seconds} s")

@@ -2,7 +2,7 @@
 
 It is the baseline of bench/admission.py: the same framework and server settings as `reins api`, without
 authentication, validation, Redis or RQ. Run as `python -m bench.bare_api --port P --workers N` from the repository
-root with BENCH_BARE_RESPONSE_FILE naming a JSON file that holds the response body.
+root with BENCH_BARE_RESPONSE_FILE naming a JSON file that contains the response body.
 """
 
 from __future__ import annotations

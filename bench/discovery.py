@@ -1,10 +1,10 @@
 """Direction discovery: `reins.spca.spca_binary` on pooled activations with binary labels.
 
 Times repeated `spca_binary` calls on 20,000 x 5,120 float32 activations (about 410 MB of random normal values,
-half of the rows labelled 1 and that class shifted by 0.05), and the figure is the median. Then measures the peak memory the call
-allocates beyond its input, with tracemalloc (numpy reports its array buffers to it), at several feature sizes, to
-show that it grows linearly with the number of features and is independent of the number of rows past the first
-chunk.
+half of the rows labelled 1 and that class shifted by 0.05), and the figure is the median. Then it measures, with
+tracemalloc (numpy reports its array buffers to it), the peak memory the call allocates beyond its input at several
+feature sizes. That memory grows linearly with the number of features and does not depend on the number of rows
+past the first chunk.
 
 Run: python bench/discovery.py [--rows N] [--features D] [--repeats N]
 """

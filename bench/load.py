@@ -9,9 +9,9 @@ job function, job store and encoder, with numpy frames in place of the pipeline)
    more with its key, as a client does when it lost the response. The API must return the same job id.
 2. Waits until every accepted job is completed or failed (reading the job records in Redis) or `--finish-timeout`
    passes, then reads each job once through `GET /v1/jobs/{id}`.
-3. Prints one JSON object: submitted, accepted, rejected by status code, completed, failed by error code, lost
-   (accepted but not finished within the bound), duplicated (a submission that got two job ids, or more job records
-   than accepted submissions), throughput and submission latency percentiles.
+3. Prints one JSON object with the counts, throughput and submission latency percentiles. The counts are: submitted,
+   accepted, rejected by status code, completed, failed by error code, lost (accepted but not finished within the
+   bound) and duplicated (a submission that got two job ids, or more job records than accepted submissions).
 
 Run: python bench/load.py [--jobs 2000] [--clients 64] [--workers 2]
 """

@@ -2,9 +2,11 @@
 
 Starts a private Redis, `reins api` and `reins worker` with a tiny Wan pipeline, and loads the same pipeline in this
 process with a Steerer and the steering configuration the worker builds from the job record. Two warm-up jobs and
-two warm-up calls come first. Then each round runs three arms, in the next of their six orders: one end-to-end job,
-one in-process `generate` call with the same parameters (prompt, seed, size, steps, strength 1), and the same call
-followed by the H.264 encode that the worker also does (`reins.video.write_mp4`).
+two warm-up calls come first. Then each round runs three arms, in the next of their six orders:
+
+- one end-to-end job;
+- one in-process `generate` call with the same parameters (prompt, seed, size, steps, strength 1);
+- the same call followed by the H.264 encode that the worker also does (`reins.video.write_mp4`).
 
 End to end is from just before the POST is sent to the job record's `finished_at` (written by the worker after the
 video is stored), so the client's polling interval does not count; the client-observed time is reported as well.

@@ -2,9 +2,8 @@
 
 diffusers pipelines wrap most transformer calls in `transformer.cache_context(name, ...)`. The context reaches only
 stateful hooks that own a `StateManager`, so every REINS hook derives from `ContextAwareHook`. Not every pipeline
-passes a step index (Wan does, CogVideoX and HunyuanVideo do not) and some pass no context at all (Allegro,
-HunyuanVideo image-to-video), so `generate` also advances a `StepClock` after every denoising step and the hooks fall
-back on it.
+passes a step index: Wan does, CogVideoX and HunyuanVideo do not. Some pass no context at all (Allegro, HunyuanVideo
+image-to-video). So `generate` also advances a `StepClock` after every denoising step, and the hooks fall back on it.
 """
 
 from __future__ import annotations

@@ -130,9 +130,9 @@ def generate(
 ) -> np.ndarray:
     """Run one generation and return its frames as uint8 of shape (frames, height, width, 3).
 
-    With a list of parameters (same size, steps and guidance; own prompt and seed), run them as one batch and return
-    shape (samples, frames, height, width, 3); each sample equals the same parameters run alone, up to floating-point
-    differences of batched kernels. `on_step(step_index, num_steps)` runs after each denoising step, and an exception
+    With a list of parameters (same size, steps and guidance, but each its own prompt and seed), run them as one batch
+    and return shape (samples, frames, height, width, 3). Each sample equals the same parameters run alone, up to the
+    floating-point differences of batched kernels. `on_step(step_index, num_steps)` runs after each denoising step, and an exception
     it raises aborts the generation. The step callback also checks the latents, so a generation that diverges fails
     at the step where it happened.
     """

@@ -40,7 +40,7 @@ def wait_for_port(port: int, timeout_seconds: float, process: subprocess.Popen |
 def start_redis(folder: Path, port: int | None = None, append_only: bool = False) -> tuple[subprocess.Popen, str]:
     """Start a private redis-server on loopback; return the process and its URL.
 
-    By default it keeps nothing on disk; with `append_only` it logs every write to an append-only file in `folder`
+    By default it keeps nothing on disk. With `append_only` it logs every write to an append-only file in `folder`
     and reloads it at the next start, as the compose file's Redis does.
     """
     binary = shutil.which("redis-server")

@@ -2,9 +2,11 @@
 works.
 
 The prompts are split once into a discovery part and a held-out part. Discovery runs once over all blocks. Then each
-block is steered in turn, at each strength, on the held-out unsafe prompts (judged unsafe rate: lower is better) and
-on the held-out safe prompts (mean absolute pixel change against the unsteered video, and the judged unsafe rate,
-which should stay where it was).
+block is steered in turn, at each strength, on both held-out sets:
+
+- unsafe prompts: the judged unsafe rate, where lower is better;
+- safe prompts: the mean absolute pixel change against the unsteered video, and the judged unsafe rate, which should
+  stay where it was.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from app.protocol import (
     SteeringApplied,
 )
 from app.queue import count_workers, enqueue_job, poll_headers
-from app.webhooks import WebhookRefused, check_destination
+from app.webhooks import WebhookDestinationRejected, check_destination
 from app.storage import input_image_key
 from app.tenants import TenantConfig
 from app.tokens import count_tokens
@@ -49,8 +49,10 @@ _NUMBER_FIELDS = {"guidance_scale", "steering_strength"}
 
 
 def _form_value(name: str, text: str) -> Any:
-    """Convert a multipart text field to the JSON type of its GenerateRequest field; leave it as text if it is not
-    one, so that validation reports the field and the value."""
+    """Convert a multipart text field to the JSON type of its GenerateRequest field.
+
+    Text that does not parse stays text, so that validation reports the field and the value.
+    """
     try:
         if name in _INTEGER_FIELDS:
             return int(text)
@@ -224,7 +226,7 @@ def _accept(request: Request, body: GenerateRequest, upload: bytes | None, tenan
     if body.webhook_url:
         try:
             check_destination(body.webhook_url, state.settings.webhook_allow_private_addresses)
-        except WebhookRefused as refused:
+        except WebhookDestinationRejected as refused:
             raise _invalid("webhook_url", str(refused)) from None
 
     job_id = new_job_id()

@@ -55,7 +55,7 @@ class ModelFamily:
     # Extra test on a pipeline of class `pipeline_class`, for families that share a pipeline class.
     matches: Callable[[Any], bool] | None = None
     max_num_frames: int | None = None
-    # Fewest denoising steps the pipeline's scheduler runs without error.
+    # Minimum number of denoising steps the pipeline's scheduler runs without error.
     min_inference_steps: int = 1
 
     def frame_count_error(self, num_frames: int) -> str | None:

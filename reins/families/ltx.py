@@ -23,7 +23,7 @@ from reins.families import BlockList, ModelFamily
 # __call__ defaults to max_sequence_length=128 and to 512x704 with 161 frames.
 #
 # The LTX-Video 0.9.1 VAE decoder injects noise, which it draws from the global torch RNG because the pipelines
-# call vae.decode without a generator; reins.pipelines.generate seeds that RNG from the request's seed, so two runs
+# call vae.decode without a generator. reins.pipelines.generate seeds that RNG from the request's seed, so two runs
 # with the same seed still agree.
 # One denoising step fails (IndexError in the scheduler) with the released scheduler config, because
 # shift_terminal=0.1 divides by zero when it stretches the one-sigma schedule [1.0], so two steps is the minimum.

@@ -22,7 +22,7 @@ MOCHI = ModelFamily(
     # the VAE decodes 6 frames per latent frame and drops the first 5, giving 6k+1 frames.
     frame_multiple=6,
     # The pipeline fixes the VAE's spatial compression at 8 and the transformer's patch is 2. check_inputs only
-    # asks for multiples of 8, but a latent side that is not even breaks the transformer's unpatchify reshape.
+    # requires multiples of 8, but a latent side that is not even breaks the transformer's unpatchify reshape.
     spatial_multiple=16,
     # MochiPipeline's max_sequence_length default (T5 tokens).
     text_token_limit=256,

@@ -98,7 +98,7 @@ def build_wan_i2v(size: str, seed: int):
                          intermediate_size=32, image_size=32, patch_size=8)
     )
     hidden = shape.num_attention_heads * shape.attention_head_dim
-    # The transformer sees the noisy latents, a 4-channel frame mask and the encoded input image, stacked.
+    # The transformer receives the noisy latents, a 4-channel frame mask and the encoded input image, stacked.
     transformer = _transformer(shape, in_channels=2 * _LATENT_CHANNELS + 4, image_dim=16, added_kv_proj_dim=hidden)
     vae = _vae(shape)
     image_processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})

@@ -90,7 +90,7 @@ def test_content_has_requested_shape(client, api_headers, mock_worker, tmp_path)
 
 
 def test_content_before_completion_is_409(client, api_headers, service_env):
-    # A record written without enqueueing stays queued, since no worker ever sees it.
+    # A record written without enqueueing stays queued, because no worker ever receives it.
     job = submit(client, api_headers["alpha"]).json()
     job["id"] = "job_never_enqueued"
     client.app.state.jobs.create(job)

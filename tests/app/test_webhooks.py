@@ -20,7 +20,7 @@ from redis import Redis
 
 from app.main import create_app
 from app.tenants import new_webhook_secret
-from app.webhooks import InvalidSignature, WebhookRefused, check_destination, sign, verify
+from app.webhooks import InvalidSignature, WebhookDestinationRejected, check_destination, sign, verify
 from reins.processes import stop_process
 from tests.conftest import REPO_ROOT, TENANT_KEYS, WorkerProcess, settings_from, wait_for_job, write_tenants
 
@@ -75,7 +75,7 @@ def test_replay_outside_tolerance_is_rejected():
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/",
                                  "http://169.254.169.254/latest", "ftp://example.com/x"])
 def test_internal_destinations_are_refused(url):
-    with pytest.raises(WebhookRefused):
+    with pytest.raises(WebhookDestinationRejected):
         check_destination(url, allow_private=False)
 
 

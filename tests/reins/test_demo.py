@@ -1,4 +1,4 @@
-"""`reins demo`, run the way the README tells a newcomer to run it."""
+"""`reins demo`, run as the README instructs a newcomer."""
 
 import os
 import subprocess

@@ -77,7 +77,7 @@ def test_added_vector_matches_formula(pipeline, steerer):
     def record(module, args, output):
         captured.setdefault("outputs", []).append(output.detach().clone())
 
-    # A torch forward hook sees the block's output after the diffusers hook chain has run.
+    # A torch forward hook receives the block's output after the diffusers hook chain has run.
     handle = block.register_forward_hook(record)
     try:
         generate(pipeline, PARAMS, steerer, config(0.0))

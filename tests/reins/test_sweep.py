@@ -22,7 +22,8 @@ def test_sweep_cli_writes_report_and_plot(tiny_model_dir, tmp_path):
     assert report["depth"] == 4
     assert report["strengths"] == [0.5, 2.0]
     assert len(report["rows"]) == 8
-    assert report["num_heldout_unsafe"] == 2 and report["num_heldout_safe"] == 2
+    assert report["num_heldout_unsafe"] == 2
+    assert report["num_heldout_safe"] == 2
     for row in report["rows"]:
         assert 0.0 <= row["unsafe_rate_on_unsafe"] <= 1.0
         assert 0.0 <= row["unsafe_rate_on_safe"] <= 1.0

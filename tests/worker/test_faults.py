@@ -104,7 +104,7 @@ def test_sigterm_finishes_current_job(fault_env, tmp_path):
 
 
 def test_redis_outage_gives_503_and_jobs_complete_after(fault_env, tmp_path):
-    """Redis with append-only persistence stops mid-job and restarts on the same port: the API answers 503
+    """Redis with append-only persistence stops mid-job and restarts on the same port: the API returns 503
     meanwhile, the running worker reconnects by itself, and every job accepted before the outage completes."""
     folder = tmp_path / "redis"
     port = free_port()
@@ -151,7 +151,7 @@ def test_redis_outage_gives_503_and_jobs_complete_after(fault_env, tmp_path):
 
 
 def test_api_sigterm_drains_requests(service_env, tmp_path):
-    """A request still uploading when the API gets SIGTERM is answered in full before the process exits."""
+    """A request still uploading when the API gets SIGTERM gets its full response before the process exits."""
     import threading
 
     port = free_port()
