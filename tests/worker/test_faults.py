@@ -47,15 +47,21 @@ def wait_until(predicate, timeout_seconds: float, message: str) -> None:
     raise AssertionError(message)
 
 
+def start_job_on_new_worker(client, env: dict, log_path, steps: int) -> tuple[WorkerProcess, dict]:
+    """Start a mock worker, submit a slow job and return once the worker has run its first step."""
+    worker = WorkerProcess(env, log_path, mock=True)
+    worker.wait_until_listening(Redis.from_url(env["REINS_REDIS_URL"]))
+    job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow", "num_inference_steps": steps},
+                      headers=HEADERS).json()
+    wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
+               "the job never started")
+    return worker, job
+
+
 def test_killed_worker_job_is_retried(fault_env, tmp_path):
     redis = Redis.from_url(fault_env["REINS_REDIS_URL"])
     with app_for(fault_env) as client:
-        first = WorkerProcess(fault_env, tmp_path / "first.log", mock=True)
-        first.wait_until_listening(redis)
-        job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow one", "num_inference_steps": 10},
-                          headers=HEADERS).json()
-        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
-                   "the job never started")
+        first, job = start_job_on_new_worker(client, fault_env, tmp_path / "first.log", steps=10)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
 
@@ -72,14 +78,8 @@ def test_killed_worker_job_is_retried(fault_env, tmp_path):
 
 
 def test_killed_worker_without_attempts_left_fails(fault_env, tmp_path):
-    redis = Redis.from_url(fault_env["REINS_REDIS_URL"])
     with app_for(fault_env, job_max_attempts=1) as client:
-        worker = WorkerProcess(fault_env, tmp_path / "worker.log", mock=True)
-        worker.wait_until_listening(redis)
-        job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow", "num_inference_steps": 10},
-                          headers=HEADERS).json()
-        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
-                   "the job never started")
+        worker, job = start_job_on_new_worker(client, fault_env, tmp_path / "worker.log", steps=10)
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait()
         done = wait_for_job(client, job["id"], HEADERS, timeout_seconds=20)
@@ -88,14 +88,8 @@ def test_killed_worker_without_attempts_left_fails(fault_env, tmp_path):
 
 
 def test_sigterm_finishes_current_job(fault_env, tmp_path):
-    redis = Redis.from_url(fault_env["REINS_REDIS_URL"])
     with app_for(fault_env) as client:
-        worker = WorkerProcess(fault_env, tmp_path / "worker.log", mock=True)
-        worker.wait_until_listening(redis)
-        job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "slow", "num_inference_steps": 6},
-                          headers=HEADERS).json()
-        wait_until(lambda: client.get(f"/v1/jobs/{job['id']}", headers=HEADERS).json()["progress"] > 0, 20,
-                   "the job never started")
+        worker, job = start_job_on_new_worker(client, fault_env, tmp_path / "worker.log", steps=6)
         worker.process.send_signal(signal.SIGTERM)
         # RQ's warm shutdown lets the job's remaining steps run first; a loaded machine can take a while.
         assert worker.process.wait(timeout=120) == 0
