@@ -33,7 +33,8 @@ MODEL_NAME = "tiny-wan"
 DEFAULT_PROMPT = "a red car moving left on a street at night"
 TOY_MODEL = "toy"
 TOY_PROMPT = "a red square moving left"
-# The toy model's steering policy, as `reins toy eval` recommends it in directions/manifest.json.
+# The toy model's section; its step window and the demo tenant's strength are those `reins toy eval` recommends,
+# read from directions/manifest.json.
 TOY_SECTION = """[models.toy]
 path = "toy"
 family = "toy"
@@ -43,7 +44,7 @@ default_height = 16
 default_width = 16
 default_inference_steps = 16
 default_guidance_scale = 4.0
-step_window = [0.0, 1.0]
+step_window = [{window[0]}, {window[1]}]
 """
 
 
@@ -66,14 +67,23 @@ def _direction_for(model_dir: Path, workdir: Path) -> Path:
     return target
 
 
+def toy_policy() -> tuple[float, tuple[float, float]]:
+    """Return the recommended strength and step window of the shipped toy direction."""
+    entry = json.loads((DIRECTIONS / "manifest.json").read_text())["toy.safetensors"]
+    return float(entry["strength"]), tuple(entry["steering_step_window"])
+
+
 def write_demo_config(workdir: Path, model_dir: Path | None, direction: Path) -> tuple[Path, Path, str]:
     """Write the model configuration and a tenants file with one demo tenant; return both paths and its key."""
     tenants = workdir / "tenants.toml"
     tenants.unlink(missing_ok=True)
-    _, api_key = create_tenant(tenants, "demo", default_strength=1.0, min_strength=0.0, max_strength=2.0)
+    strength, window = toy_policy() if model_dir is None else (1.0, None)
+    _, api_key = create_tenant(tenants, "demo", default_strength=strength, min_strength=0.0,
+                               max_strength=max(2.0, 2 * strength))
     config = workdir / "reins.toml"
     if model_dir is None:
-        config.write_text("# Written by reins demo.\n" + TOY_SECTION.format(direction=direction.resolve()))
+        config.write_text("# Written by reins demo.\n" + TOY_SECTION.format(direction=direction.resolve(),
+                                                                           window=window))
         return config, tenants, api_key
     config.write_text(
         f"""# Written by reins demo.
