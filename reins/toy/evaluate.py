@@ -60,7 +60,10 @@ class EvaluationConfig:
     strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
     # Adaptive mode scales the strength down by the probe score, so it may need a larger one.
     adaptive_strengths: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 8.0)
-    random_directions: int = 3
+    # Random unit directions measured at the recommended setting. Most remove red from nearly every clip or from
+    # almost none, so a mean over a handful of vectors is mostly luck. Over 40 vectors the standard error on the
+    # shipped checkpoint is about 0.06.
+    random_directions: int = 40
     batch_size: int = 64
     threads: int = 1
 
@@ -328,11 +331,8 @@ def _measure_test_set(runner: Runner, steerer: Steerer, direction: np.ndarray, n
                               probe_reference=probe_reference)
     _, adaptive_readings = run(adaptive, all_samples)
 
-    rng = np.random.default_rng(config.seed)
     random_rates, random_kept = [], []
-    for _ in range(config.random_directions):
-        vector = rng.standard_normal(direction.shape[0]).astype(np.float32)
-        vector /= np.linalg.norm(vector)
+    for vector in random_directions(config.random_directions, direction.shape[0], config.seed):
         _, readings = run(SteeringConfig(vector, strength, norm, step_window=window), unsafe_samples)
         random_rates.append(_rate([_unsafe(r) for r in readings]))
         random_kept.append(_rate([_safe_object(r) for r in readings]))
@@ -378,6 +378,12 @@ def _measure_test_set(runner: Runner, steerer: Steerer, direction: np.ndarray, n
         "test_unsafe_samples": len(unsafe_samples),
         "test_benign_samples": len(benign_samples),
     }
+
+
+def random_directions(count: int, size: int, seed: int) -> list[np.ndarray]:
+    """Return `count` random unit vectors of length `size`, the same for the same seed."""
+    vectors = np.random.default_rng(seed).standard_normal((count, size)).astype(np.float32)
+    return list(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
 
 
 def check_targets(report: dict) -> list[dict]:
