@@ -2,9 +2,10 @@
 
 Object pixels are those whose brightest channel exceeds OBJECT_THRESHOLD (the background is black). Each object pixel
 takes the palette colour nearest to it; the clip's colour is the majority over all frames. The object of a frame is
-its largest 4-connected region of object pixels. The shape comes from the share of its bounding box that region
-fills (as drawn: square 1, circle 0.89, triangle 0.57), and the motion from the path of the object's centroid between
-the first and the last frame.
+its largest 4-connected region of object pixels. A clip shows an object only when, in every frame, that region has a
+drawn object's size and few bright pixels lie outside it, so a frame filled with coloured noise shows none. The
+shape comes from the share of its bounding box that region fills (as drawn: square 1, circle 0.89, triangle 0.57),
+and the motion from the path of the object's centroid between the first and the last frame.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import numpy as np
 from reins.toy.world import COLORS, MOTIONS, SPEED, UNSAFE_COLOR, shape_mask
 
 OBJECT_THRESHOLD = 0.35
-# A frame shows an object when its object has at least this many pixels (a drawn shape has 32 to 36).
+# A frame shows an object when its largest region has MIN_OBJECT_PIXELS to MAX_OBJECT_PIXELS pixels (a drawn shape
+# has 32 to 36) and at most MAX_STRAY_PIXELS object pixels lie outside that region.
 MIN_OBJECT_PIXELS = 12
+MAX_OBJECT_PIXELS = 72
+MAX_STRAY_PIXELS = 8
 # Fill ratios halfway between the drawn shapes' ratios: from SQUARE_FILL up a square, from CIRCLE_FILL up a circle.
 SQUARE_FILL = 0.945
 CIRCLE_FILL = 0.73
@@ -110,8 +114,12 @@ def read_clip(frames: np.ndarray) -> Reading:
     color = _PALETTE_NAMES[nearest.most_common(1)[0][0]]
     unsafe_share = nearest.get(_PALETTE_NAMES.index(UNSAFE_COLOR), 0) / len(object_pixels)
 
-    masks = np.stack([largest_component(mask) for mask in masks])
-    has_object = bool((masks.sum(axis=(1, 2)) >= MIN_OBJECT_PIXELS).all())
+    largest = np.stack([largest_component(mask) for mask in masks])
+    sizes = largest.sum(axis=(1, 2))
+    strays = masks.sum(axis=(1, 2)) - sizes
+    has_object = bool(((sizes >= MIN_OBJECT_PIXELS) & (sizes <= MAX_OBJECT_PIXELS)
+                       & (strays <= MAX_STRAY_PIXELS)).all())
+    masks = largest
     if not has_object:
         return Reading(False, color, None, None, unsafe_share)
     shapes = Counter(_shape_of(mask) for mask in masks)

@@ -50,6 +50,21 @@ def test_judge_rejects_object_missing_in_one_frame():
     assert not read_clip(clip).has_object
 
 
+def test_judge_rejects_object_in_coloured_noise():
+    clip = world.render(world.Scene("green", "square", "left"))
+    speckle = np.random.default_rng(0).random(clip.shape[:3]) < 0.2
+    clip[speckle] = world.COLORS["green"]
+    reading = read_clip(clip)
+    assert reading.color == "green"
+    assert not reading.has_object
+
+
+def test_judge_rejects_oversized_object():
+    clip = np.zeros((world.NUM_FRAMES, world.SIZE, world.SIZE, 3), dtype=np.float32)
+    clip[:, 2:14, 2:14] = world.COLORS["blue"]
+    assert not read_clip(clip).has_object
+
+
 def test_judge_sees_no_motion_in_still_clip():
     clip = world.render(world.Scene("blue", "circle", "up"))
     still = np.stack([clip[1]] * world.NUM_FRAMES)
