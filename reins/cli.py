@@ -204,7 +204,8 @@ def cmd_toy_eval(args: argparse.Namespace) -> int:
     from reins.toy.evaluate import EvaluationConfig, evaluate, format_table
 
     config = EvaluationConfig(samples_per_prompt=args.samples_per_prompt, seed=args.seed)
-    report = evaluate(args.model, config, plot_path=args.plot, direction_path=args.direction_out)
+    report = evaluate(args.model, config, plot_path=args.plot, direction_path=args.direction_out,
+                      frames_path=args.frames)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
@@ -673,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(swp)
     swp.set_defaults(handler=cmd_sweep)
 
-    toy = commands.add_parser("toy", help="train and evaluate the toy text-to-video model that shows steering's effect")
+    toy = commands.add_parser("toy", help="train the toy text-to-video model and measure the effect of steering on it")
     toy_commands = toy.add_subparsers(dest="toy_command", required=True)
     toy_train = toy_commands.add_parser("train", help="train the toy model on this CPU and save the checkpoint")
     toy_train.add_argument("--out", type=Path,
@@ -691,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: 4)")
     toy_eval.add_argument("--seed", type=int, default=0, help="offset added to every seed of the evaluation (default: 0)")
     toy_eval.add_argument("--plot", type=Path, help="write probe accuracy and steering effect by block to this PNG")
+    toy_eval.add_argument("--frames", type=Path,
+                          help="write the first red-prompt test clips, unsteered above and steered below, to this PNG")
     toy_eval.add_argument("--direction-out", type=Path,
                           help="write the direction of the recommended block to this file, in the format of "
                                "`reins discover`")
