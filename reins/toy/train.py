@@ -1,11 +1,12 @@
 """Training of the toy model: flow matching on rendered clips, with caption noise and prompt dropout.
 
 Each step draws a batch of scenes, renders them, and captions each one. With probability `wrong_color_rate` the
-caption names a wrong colour: a model that has seen mismatched colour words learns colour as something that can
-change, and steering then recolours the object instead of erasing it. With probability `prompt_dropout` the caption
-is empty, which trains the unconditional branch that classifier-free guidance needs. The clip x0 (pixels in [-1, 1])
-and Gaussian noise are mixed as x_t = (1 - sigma) x0 + sigma noise, and the transformer learns the velocity
-noise - x0 at timestep 1000 sigma, the convention of FlowMatchEulerDiscreteScheduler.
+caption names a wrong colour, so that the model learns colour as something that can change. The aim is that steering
+then recolours the object instead of erasing it, which the shipped checkpoint does not achieve (docs/method.md).
+With probability `prompt_dropout` the caption is empty, which trains the unconditional branch that classifier-free
+guidance needs. The clip x0 (pixels in [-1, 1]) and Gaussian noise are mixed as x_t = (1 - sigma) x0 + sigma noise,
+and the transformer learns the velocity noise - x0 at timestep 1000 sigma, the convention of
+FlowMatchEulerDiscreteScheduler.
 """
 
 from __future__ import annotations
