@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import APIError
@@ -26,3 +28,23 @@ def current_tenant(
 
 
 Tenant = Annotated[TenantConfig, Depends(current_tenant)]
+
+
+def _query_parameter_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_parameter_names(dependency)
+    return names
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    """Reject query parameters that the matched route does not declare, so that a misspelt one is not ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_parameter_names(route.dependant)
+    for name in request.query_params:
+        if name not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise APIError(422, "invalid_request",
+                           f"unknown query parameter {name!r}. This endpoint accepts: {allowed}", name)

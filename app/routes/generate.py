@@ -8,13 +8,13 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.deps import Tenant
+from app.deps import Tenant, reject_unknown_query_parameters
 from app.errors import APIError
 from app.jobs import JobNotFound, new_job_id, utc_now
 from app.limits import IdempotencyConflict, check_rate, fingerprint
@@ -35,7 +35,7 @@ from app.tokens import count_tokens
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["generation"])
+router = APIRouter(prefix="/v1", tags=["generation"], dependencies=[Depends(reject_unknown_query_parameters)])
 
 
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from app.deps import Tenant
+from app.deps import Tenant, reject_unknown_query_parameters
 from app.errors import APIError
 from app.jobs import JobNotFound
 from app.protocol import TERMINAL_STATUSES, DeletedJob, ErrorResponse, Job, JobList
@@ -27,7 +27,7 @@ from app.webhooks import enqueue_deliveries
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(reject_unknown_query_parameters)])
 
 _ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 

@@ -89,6 +89,28 @@ def test_list_rejects_unknown_cursor(client):
     assert response.json()["error"]["field"] == "after"
 
 
+@pytest.mark.parametrize("query", ["limt=5", "=false", "limit=5&page=2"])
+def test_list_rejects_unknown_query_parameter(client, query):
+    response = client.get(f"/v1/jobs?{query}", headers=auth())
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert "after, limit" in error["message"]
+
+
+def test_unknown_query_parameter_named_in_error(client):
+    error = client.get("/v1/jobs?limt=5", headers=auth()).json()["error"]
+    assert error["field"] == "limt"
+    assert "'limt'" in error["message"]
+
+
+def test_job_routes_without_query_parameters_reject_them(client):
+    job = submit(client, "alpha").json()
+    response = client.get(f"/v1/jobs/{job['id']}?verbose=1", headers=auth())
+    assert response.status_code == 422
+    assert "accepts: none" in response.json()["error"]["message"]
+
+
 def test_cancel_queued_job(client, limited_env):
     job = submit_parked(client).json()
     response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth())
