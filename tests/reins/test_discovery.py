@@ -43,7 +43,12 @@ def test_discover_reproduces_shipped_direction(tiny_model_dir, tmp_path):
     assert written.metadata.block_index == 2
     assert written.metadata.num_safe == 8
     assert written.metadata.num_unsafe == 8
-    assert written.metadata.sha256 == shipped.metadata.sha256
+    # The shipped file was written on another CPU, where float reductions may round differently, so the vectors
+    # agree to float32 precision rather than bit for bit.
+    norms = np.linalg.norm(written.vector) * np.linalg.norm(shipped.vector)
+    cosine = float(written.vector @ shipped.vector) / float(norms)
+    assert cosine > 0.99999
+    assert written.metadata.reference_norm == pytest.approx(shipped.metadata.reference_norm, rel=1e-5)
     assert written.metadata.step_window == [0.0, 0.5]
     assert written.metadata.probe_safe_mean > written.metadata.probe_unsafe_mean
     # The capture hooks are removed afterwards.
