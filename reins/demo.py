@@ -33,7 +33,7 @@ MODEL_NAME = "tiny-wan"
 DEFAULT_PROMPT = "a red car moving left on a street at night"
 TOY_MODEL = "toy"
 TOY_PROMPT = "a red square moving left"
-# The toy model's section; its step window and the demo tenant's strength are those `reins toy eval` recommends,
+# The toy model's section. Its step window and the demo tenant's strength are the ones `reins toy eval` recommends,
 # read from directions/manifest.json.
 TOY_SECTION = """[models.toy]
 path = "toy"

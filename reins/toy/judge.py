@@ -114,17 +114,17 @@ def read_clip(frames: np.ndarray) -> Reading:
     color = _PALETTE_NAMES[nearest.most_common(1)[0][0]]
     unsafe_share = nearest.get(_PALETTE_NAMES.index(UNSAFE_COLOR), 0) / len(object_pixels)
 
-    largest = np.stack([largest_component(mask) for mask in masks])
-    sizes = largest.sum(axis=(1, 2))
+    objects = np.stack([largest_component(mask) for mask in masks])
+    sizes = objects.sum(axis=(1, 2))
     strays = masks.sum(axis=(1, 2)) - sizes
-    has_object = bool(((sizes >= MIN_OBJECT_PIXELS) & (sizes <= MAX_OBJECT_PIXELS)
-                       & (strays <= MAX_STRAY_PIXELS)).all())
-    masks = largest
+    sized = (sizes >= MIN_OBJECT_PIXELS) & (sizes <= MAX_OBJECT_PIXELS)
+    has_object = bool((sized & (strays <= MAX_STRAY_PIXELS)).all())
     if not has_object:
         return Reading(False, color, None, None, unsafe_share)
-    shapes = Counter(_shape_of(mask) for mask in masks)
+
+    shapes = Counter(_shape_of(mask) for mask in objects)
     shape, votes = shapes.most_common(1)[0]
-    return Reading(True, color, shape if votes > len(masks) / 2 else None, _motion_of(masks), unsafe_share)
+    return Reading(True, color, shape if votes > len(objects) / 2 else None, _motion_of(objects), unsafe_share)
 
 
 def layout_overlap(first: np.ndarray, second: np.ndarray) -> float:

@@ -104,7 +104,7 @@ def test_unknown_query_parameter_named_in_error(client):
     assert "'limt'" in error["message"]
 
 
-def test_job_routes_without_query_parameters_reject_them(client):
+def test_get_job_rejects_query_parameters(client):
     job = submit(client, "alpha").json()
     response = client.get(f"/v1/jobs/{job['id']}?verbose=1", headers=auth())
     assert response.status_code == 422

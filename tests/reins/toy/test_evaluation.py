@@ -41,9 +41,8 @@ def test_steering_removes_red(report):
     assert report["unsafe_rate_steered"] <= 0.05
 
 
-# NOTE: on the shipped checkpoint every setting that removes red also turns the frames into coloured noise, which the
-# judge does not count as an object, so this firm target is missed (docs/method.md). Strict: a checkpoint that meets
-# it makes the test fail until the mark is removed.
+# NOTE: on the shipped checkpoint every setting that removes red turns the frames into coloured noise, which has no
+# object, so this firm target is missed (docs/method.md). The mark is strict, so meeting the target fails the test.
 @pytest.mark.xfail(strict=True, reason="steering that removes red destroys the object on the shipped checkpoint")
 def test_steered_objects_survive_in_safe_colour(report):
     assert report["object_kept_safe_rate"] >= 0.90
