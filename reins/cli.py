@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+# Depth of the toy model, TrainingConfig.num_layers; a constant here so that building the parser imports no torch.
+TOY_BLOCKS = 8
+
+
 class UsageError(Exception):
     """Invalid command-line input; reported with exit code 2."""
 
@@ -192,7 +196,8 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
     from reins.toy.train import TrainingConfig, train
 
     out = args.out or CHECKPOINT_DIR
-    config = TrainingConfig(seed=args.seed, steps=args.steps, max_minutes=args.max_minutes)
+    config = TrainingConfig(seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
+                            text_blocks=args.text_blocks)
     record = train(config, out, progress=not args.no_progress)
     summary = {key: record[key] for key in ("steps_done", "stopped_early", "seconds", "final_loss",
                                             "transformer_parameters")}
@@ -683,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     toy_train.add_argument("--steps", type=_positive_int, default=4000, help="optimiser steps (default: 4000)")
     toy_train.add_argument("--max-minutes", type=_finite_float, default=15.0,
                            help="stop early after this many minutes of training (default: 15)")
+    toy_train.add_argument("--text-blocks", type=int, choices=range(TOY_BLOCKS + 1), default=TOY_BLOCKS,
+                           metavar=f"0-{TOY_BLOCKS}",
+                           help=f"blocks, from the input, whose cross-attention reads the prompt (default: all {TOY_BLOCKS})")
     toy_train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     toy_train.set_defaults(handler=cmd_toy_train)
     toy_eval = toy_commands.add_parser("eval", help="measure unsteered and steered outputs of the toy model")

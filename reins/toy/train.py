@@ -45,6 +45,9 @@ class TrainingConfig:
     attention_head_dim: int = 32
     ffn_dim: int = 128
     text_dim: int = 32
+    # Blocks, counted from the input, whose cross-attention reads the prompt. In the later blocks the cross-attention
+    # output projection is zero and frozen, so the prompt reaches them only through the hidden states.
+    text_blocks: int = 8
     # CPU threads for torch. One thread keeps the order of float reductions fixed whatever the machine's core count.
     # NOTE: that a rerun gives bit-identical weights on the same torch build is expected but not tested.
     threads: int = 1
@@ -72,6 +75,11 @@ def build_pipeline(config: TrainingConfig) -> ToyVideoPipeline:
         out_channels=RGB_CHANNELS, text_dim=config.text_dim, freq_dim=64, ffn_dim=config.ffn_dim,
         num_layers=config.num_layers, rope_max_seq_len=32,
     )
+    for block in transformer.blocks[config.text_blocks:]:
+        projection = block.attn2.to_out[0]
+        torch.nn.init.zeros_(projection.weight)
+        torch.nn.init.zeros_(projection.bias)
+        projection.requires_grad_(False)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     return ToyVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
                             scheduler=scheduler)

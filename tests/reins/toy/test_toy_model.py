@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pytest
 
+from reins.cli import TOY_BLOCKS, main
 from reins.families import family_for_pipeline, get_family
 from reins.pipelines import GenerationParams, generate, load_pipeline
 from reins.steering import Steerer, SteeringConfig
 from reins.toy.pipeline import CHECKPOINT_DIR, TRAINING_RECORD, is_toy_checkpoint, training_record
-from reins.toy.train import TrainingConfig
+from reins.toy.train import TrainingConfig, train
 
 MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
 
@@ -35,6 +36,38 @@ def test_checkpoint_records_training():
     assert record["steps_done"] > 0
     assert record["seconds"] <= 60 * record["config"]["max_minutes"] + 60
     assert (CHECKPOINT_DIR / TRAINING_RECORD).is_file()
+
+
+def test_only_the_first_blocks_read_the_prompt(pipeline):
+    text_blocks = training_record()["config"]["text_blocks"]
+    for index, block in enumerate(pipeline.transformer.blocks):
+        projection = block.attn2.to_out[0]
+        silent = not projection.weight.any() and not projection.bias.any()
+        assert silent == (index >= text_blocks), index
+
+
+def test_training_keeps_later_cross_attention_silent(tmp_path):
+    config = TrainingConfig(steps=3, batch_size=4, warmup_steps=1, num_layers=3, text_blocks=1)
+    record = train(config, tmp_path / "toy", progress=False)
+    assert record["steps_done"] == 3
+    trained = load_pipeline(str(tmp_path / "toy"), device="cpu", dtype="float32").transformer
+    assert trained.blocks[0].attn2.to_out[0].weight.any()
+    for block in trained.blocks[1:]:
+        assert not block.attn2.to_out[0].weight.any()
+        assert not block.attn2.to_out[0].bias.any()
+
+
+def test_cli_text_blocks_range_matches_the_model_depth():
+    assert TOY_BLOCKS == TrainingConfig().num_layers
+
+
+def test_cli_rejects_text_blocks_beyond_the_depth(capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["toy", "train", "--text-blocks", "9"])
+    assert error.value.code == 2
+    message = capsys.readouterr().err
+    assert "--text-blocks" in message
+    assert "invalid choice: 9" in message
 
 
 def test_toy_name_and_folder_are_recognised(tmp_path):
