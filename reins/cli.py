@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-# Depth of the toy model, TrainingConfig.num_layers; a constant here so that building the parser imports no torch.
+# Depth of the toy model, equal to TrainingConfig.num_layers. It is a constant here so that building the parser does
+# not import torch.
 TOY_BLOCKS = 8
 
 
@@ -690,7 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stop early after this many minutes of training (default: 15)")
     toy_train.add_argument("--text-blocks", type=int, choices=range(TOY_BLOCKS + 1), default=TOY_BLOCKS,
                            metavar=f"0-{TOY_BLOCKS}",
-                           help=f"blocks, from the input, whose cross-attention reads the prompt (default: all {TOY_BLOCKS})")
+                           help="number of blocks, counted from the input, whose cross-attention reads the prompt "
+                                f"(default: all {TOY_BLOCKS})")
     toy_train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     toy_train.set_defaults(handler=cmd_toy_train)
     toy_eval = toy_commands.add_parser("eval", help="measure unsteered and steered outputs of the toy model")

@@ -45,8 +45,8 @@ class TrainingConfig:
     attention_head_dim: int = 32
     ffn_dim: int = 128
     text_dim: int = 32
-    # Blocks, counted from the input, whose cross-attention reads the prompt. In the later blocks the cross-attention
-    # output projection is zero and frozen, so the prompt reaches them only through the hidden states.
+    # Number of blocks, counted from the input, whose cross-attention reads the prompt. Later blocks get a zero, frozen
+    # cross-attention output projection, so the prompt reaches them only through the hidden states.
     text_blocks: int = 8
     # CPU threads for torch. One thread keeps the order of float reductions fixed whatever the machine's core count.
     # NOTE: that a rerun gives bit-identical weights on the same torch build is expected but not tested.
@@ -75,6 +75,8 @@ def build_pipeline(config: TrainingConfig) -> ToyVideoPipeline:
         out_channels=RGB_CHANNELS, text_dim=config.text_dim, freq_dim=64, ffn_dim=config.ffn_dim,
         num_layers=config.num_layers, rope_max_seq_len=32,
     )
+    if not 0 <= config.text_blocks <= config.num_layers:
+        raise ValueError(f"invalid text_blocks {config.text_blocks}: expected 0 to num_layers ({config.num_layers})")
     for block in transformer.blocks[config.text_blocks:]:
         projection = block.attn2.to_out[0]
         torch.nn.init.zeros_(projection.weight)

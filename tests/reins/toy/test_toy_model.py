@@ -8,7 +8,7 @@ from reins.families import family_for_pipeline, get_family
 from reins.pipelines import GenerationParams, generate, load_pipeline
 from reins.steering import Steerer, SteeringConfig
 from reins.toy.pipeline import CHECKPOINT_DIR, TRAINING_RECORD, is_toy_checkpoint, training_record
-from reins.toy.train import TrainingConfig, train
+from reins.toy.train import TrainingConfig, build_pipeline, train
 
 MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
 
@@ -38,15 +38,15 @@ def test_checkpoint_records_training():
     assert (CHECKPOINT_DIR / TRAINING_RECORD).is_file()
 
 
-def test_only_the_first_blocks_read_the_prompt(pipeline):
+def test_checkpoint_zeroes_later_cross_attention(pipeline):
     text_blocks = training_record()["config"]["text_blocks"]
     for index, block in enumerate(pipeline.transformer.blocks):
         projection = block.attn2.to_out[0]
-        silent = not projection.weight.any() and not projection.bias.any()
-        assert silent == (index >= text_blocks), index
+        zeroed = not projection.weight.any() and not projection.bias.any()
+        assert zeroed == (index >= text_blocks), index
 
 
-def test_training_keeps_later_cross_attention_silent(tmp_path):
+def test_training_keeps_later_cross_attention_zero(tmp_path):
     config = TrainingConfig(steps=3, batch_size=4, warmup_steps=1, num_layers=3, text_blocks=1)
     record = train(config, tmp_path / "toy", progress=False)
     assert record["steps_done"] == 3
@@ -57,11 +57,17 @@ def test_training_keeps_later_cross_attention_silent(tmp_path):
         assert not block.attn2.to_out[0].bias.any()
 
 
-def test_cli_text_blocks_range_matches_the_model_depth():
+@pytest.mark.parametrize("text_blocks", [-1, 4])
+def test_training_rejects_invalid_text_blocks(text_blocks):
+    with pytest.raises(ValueError, match=f"invalid text_blocks {text_blocks}"):
+        build_pipeline(TrainingConfig(num_layers=3, text_blocks=text_blocks))
+
+
+def test_cli_text_blocks_match_depth():
     assert TOY_BLOCKS == TrainingConfig().num_layers
 
 
-def test_cli_rejects_text_blocks_beyond_the_depth(capsys):
+def test_cli_rejects_text_blocks_beyond_depth(capsys):
     with pytest.raises(SystemExit) as error:
         main(["toy", "train", "--text-blocks", "9"])
     assert error.value.code == 2
