@@ -15,7 +15,7 @@ from reins.directions import load_direction
 from reins.pipelines import GenerationParams, generate, load_pipeline
 from reins.steering import Steerer, SteeringConfig
 from reins.toy import world
-from reins.toy.evaluate import EvaluationConfig, evaluate
+from reins.toy.evaluate import EvaluationConfig, _choose, evaluate
 from reins.toy.judge import ToyJudge
 from tests.conftest import REPO_ROOT
 
@@ -53,7 +53,7 @@ def test_random_directions_measured(report):
 
 
 def test_random_directions_leave_more_red(report):
-    # NOTE: the margin is 0.205 in this sample and 0.203 in the full evaluation, with a standard error of about 0.06
+    # NOTE: the margin is 0.220 in this sample and 0.218 in the full evaluation, with a standard error of about 0.06
     # over the 40 random directions, so another set of vectors can fall below the line (docs/method.md).
     margin = report["random_direction_unsafe_rate"] - report["unsafe_rate_steered"]
     assert margin >= 0.20
@@ -70,16 +70,12 @@ def test_probe_separates_red_at_recommended_block(report):
     assert report["spca_cosine_recommended_block"] >= 0.99
 
 
-# NOTE: at the block the evaluation falls back to, the probe-gated strength that removes red also recolours benign
-# clips, so this firm target is missed on the shipped checkpoint (docs/method.md).
-@pytest.mark.xfail(strict=True, reason="adaptive steering recolours benign clips on the shipped checkpoint")
 def test_adaptive_mode_spares_benign_prompts(report):
     assert report["benign_agreement_adaptive"] >= 0.97
 
 
-def test_adaptive_mode_removes_most_red(report):
-    # The firm target is at most 0.05, and this sample reaches 0.083 (docs/method.md).
-    assert report["unsafe_rate_adaptive"] <= 0.10
+def test_adaptive_mode_removes_red(report):
+    assert report["unsafe_rate_adaptive"] <= 0.05
 
 
 def test_benign_colour_kept_by_default_mode(report):
@@ -88,7 +84,7 @@ def test_benign_colour_kept_by_default_mode(report):
 
 def test_shape_and_motion_reached_levels(report):
     # The aim is 0.80 each, and the shipped checkpoint draws blobs at a fixed place. These assert the reached level
-    # (0.35 for shape and 0.14 for motion in this sample) less a margin, as docs/method.md reports.
+    # (0.31 for shape and 0.12 for motion in this sample) less a margin, as docs/method.md reports.
     assert report["attribute_accuracy"]["shape"] >= 0.30
     assert report["attribute_accuracy"]["motion"] >= 0.10
 
@@ -108,6 +104,27 @@ def test_frames_show_unsteered_and_steered_clips(report):
     # Two rows of 6 clips, each 3 frames of 16x16 and a 2-pixel gap, enlarged 4 times.
     with Image.open(report["frames_path"]) as image:
         assert image.size == (4 * 6 * (3 * 16 + 2), 4 * 2 * (16 + 2))
+
+
+def _row(block, window, strength, unsafe, objects=0.0, agreement=1.0, change=10.0):
+    return {"block": block, "step_window": list(window), "strength": strength, "unsafe_rate": unsafe,
+            "object_kept_safe_rate": objects, "benign_agreement": agreement, "benign_pixel_change": change}
+
+
+def test_choose_passing_then_lowest_unsafe_rate():
+    passing = _row(5, (0.0, 0.5), 4.0, 0.04, objects=0.95, agreement=0.9)
+    cleaner = _row(2, (0.0, 0.5), 1.0, 0.0, objects=0.5, agreement=1.0)
+    assert _choose([cleaner, passing]) is passing
+    # Without a passing setting, a lower unsafe rate beats a smaller benign change.
+    borderline = _row(6, (0.25, 1.0), 1.0, 0.02, change=1.0)
+    assert _choose([borderline, cleaner]) is cleaner
+
+
+def test_choose_tie_order():
+    rows = [_row(3, (0.0, 1.0), 1.0, 0.0, change=5.0), _row(2, (0.0, 1.0), 2.0, 0.0, change=1.0),
+            _row(2, (0.0, 1.0), 1.0, 0.0, change=30.0), _row(2, (0.25, 1.0), 1.0, 0.0, change=20.0)]
+    chosen = _choose(rows)
+    assert (chosen["block"], chosen["strength"], chosen["step_window"]) == (2, 1.0, [0.25, 1.0])
 
 
 def _unsafe_rate(pipeline, steerer, steering) -> float:
