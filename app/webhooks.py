@@ -9,6 +9,10 @@ with the headers `webhook-id` (stable across retries, so receivers can drop dupl
 seconds of this attempt) and `webhook-signature` ("v1," and the base64 HMAC-SHA256, keyed with the base64-decoded
 part of the tenant's "whsec_" secret, of "<id>.<timestamp>.<body>"). A non-2xx response or a network error is
 retried with growing delays. An address on a private network is rejected unless the operator allows it.
+
+The dispatcher serves Prometheus metrics on `webhook_metrics_port`: attempts by tenant and outcome ("delivered";
+"failed", a non-2xx answer or a network error, which RQ retries while retries remain; "dropped", a delivery without
+a signing secret or to a rejected destination), and the wall time of each HTTP attempt.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from redis import Redis
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
@@ -117,12 +122,29 @@ def enqueue_deliveries(redis: Redis, prefix: str, record: dict, status: str, ret
     return len(urls)
 
 
+class WebhookMetrics:
+    """Prometheus metrics of the webhook dispatcher, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        # Tenants come from the tenants file, so the label has a bounded set of values.
+        self.attempts_total = Counter(
+            "reins_webhook_attempts_total", "Webhook delivery attempts, by tenant and outcome.", ["tenant", "outcome"],
+            registry=self.registry,
+        )
+        self.attempt_duration_seconds = Histogram(
+            "reins_webhook_attempt_duration_seconds", "Wall time of one HTTP delivery attempt, by outcome.",
+            ["outcome"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry,
+        )
+
+
 class _Context:
     """State of the webhook worker process that `deliver` reads: the tenants (for their secrets) and settings."""
 
     tenants: Any = None
     allow_private: bool = False
     timeout_seconds: float = 10.0
+    metrics: WebhookMetrics = WebhookMetrics()
 
 
 context = _Context()
@@ -131,13 +153,16 @@ context = _Context()
 def deliver(delivery: dict) -> int:
     """POST one signed delivery; raise on failure so that RQ retries it. Runs in `reins webhook-worker`."""
     tenant = context.tenants.get(delivery["tenant"]) if context.tenants is not None else None
+    attempts = context.metrics.attempts_total
     if tenant is None or not tenant.webhook_secret:
         logger.error("webhook %s: tenant %s has no webhook secret; dropping", delivery["id"], delivery["tenant"])
+        attempts.labels(delivery["tenant"], "dropped").inc()
         return 0
     try:
         check_destination(delivery["url"], context.allow_private)
     except WebhookDestinationRejected as error:
         logger.error("webhook %s: destination rejected, dropping: %s", delivery["id"], error)
+        attempts.labels(delivery["tenant"], "dropped").inc()
         return 0
     body = json.dumps(delivery["payload"], separators=(",", ":")).encode()
     timestamp = int(time.time())
@@ -148,18 +173,31 @@ def deliver(delivery: dict) -> int:
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(tenant.webhook_secret, delivery["id"], timestamp, body),
     }
-    response = httpx.post(delivery["url"], content=body, headers=headers, timeout=context.timeout_seconds,
-                          follow_redirects=False)
+    started = time.monotonic()
+    try:
+        response = httpx.post(delivery["url"], content=body, headers=headers, timeout=context.timeout_seconds,
+                              follow_redirects=False)
+    except httpx.HTTPError:
+        _count_attempt(delivery, "failed", started)
+        raise
     if not 200 <= response.status_code < 300:
+        _count_attempt(delivery, "failed", started)
         logger.warning("webhook %s: %s responded %d; will retry", delivery["id"], urlsplit(delivery["url"]).hostname,
                        response.status_code)
         raise RuntimeError(f"webhook receiver responded {response.status_code}")
+    _count_attempt(delivery, "delivered", started)
     logger.info("webhook %s: delivered (%d)", delivery["id"], response.status_code)
     return response.status_code
 
 
+def _count_attempt(delivery: dict, outcome: str, started: float) -> None:
+    context.metrics.attempts_total.labels(delivery["tenant"], outcome).inc()
+    context.metrics.attempt_duration_seconds.labels(outcome).observe(time.monotonic() - started)
+
+
 def run_webhook_worker(settings: Any, burst: bool = False) -> None:
     """Process webhook deliveries until stopped; RQ's scheduler in this process runs the delayed retries."""
+    from prometheus_client import start_http_server
     from rq import SimpleWorker
 
     from app.redis_connection import connect
@@ -168,6 +206,9 @@ def run_webhook_worker(settings: Any, burst: bool = False) -> None:
     context.tenants = TenantRegistry(settings.tenants_file, list(settings.server_config.models))
     context.allow_private = settings.webhook_allow_private_addresses
     context.timeout_seconds = settings.webhook_timeout_seconds
+    if settings.webhook_metrics_port:
+        start_http_server(settings.webhook_metrics_port, addr=settings.host, registry=context.metrics.registry)
+        logger.info("webhook metrics on http://%s:%d/metrics", settings.host, settings.webhook_metrics_port)
     redis = connect(settings.redis_url)
     worker = SimpleWorker([queue_name(settings.key_prefix)], connection=redis, serializer=JSONSerializer)
     logger.info("webhook worker consuming %s", queue_name(settings.key_prefix))

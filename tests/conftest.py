@@ -132,6 +132,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str, tiny_m
         "REINS_STORAGE_DIR": str(folder / "videos"),
         "REINS_KEY_PREFIX": "test-" + uuid.uuid4().hex[:8],
         "REINS_WORKER_METRICS_PORT": "0",
+        "REINS_WEBHOOK_METRICS_PORT": "0",
         "REINS_JOB_TTL_SECONDS": "3600",
         # Most API tests run without a worker; one test checks the default, rejection.
         "REINS_QUEUE_WITHOUT_WORKER": "accept",

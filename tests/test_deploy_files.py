@@ -63,7 +63,8 @@ REINS_IMAGES = {"reins-api", "reins-worker"}
 OPERATOR_FILES = {REPO_ROOT / "deploy" / "reins.toml"}
 # The data source uid that docker/grafana-datasources.yml provisions and the dashboard refers to.
 PROMETHEUS_DATASOURCE_UID = "reins-prometheus"
-# Metrics that the dashboard must show: API traffic, jobs, queues, worker timings, steering and GPU memory.
+# Metrics that the dashboard must show: API traffic, jobs, queues, worker timings, steering, GPU memory and
+# webhook deliveries.
 REQUIRED_DASHBOARD_METRICS = {
     "reins_api_requests_total",
     "reins_api_request_duration_seconds",
@@ -81,6 +82,7 @@ REQUIRED_DASHBOARD_METRICS = {
     "reins_worker_probe_score",
     "reins_worker_gpu_memory_peak_bytes",
     "reins_worker_busy",
+    "reins_webhook_attempts_total",
 }
 
 
@@ -541,6 +543,11 @@ def metrics_endpoints(compose_model: dict) -> set[str]:
             port = int(environment.get("REINS_WORKER_METRICS_PORT", default_port))
             if port:
                 endpoints.add(f"{name}:{port}")
+        elif (service.get("command") or [])[:2] == ["reins", "webhook-worker"]:
+            default_port = Settings.model_fields["webhook_metrics_port"].default
+            port = int(environment.get("REINS_WEBHOOK_METRICS_PORT", default_port))
+            if port:
+                endpoints.add(f"{name}:{port}")
     return endpoints
 
 
@@ -555,7 +562,7 @@ def test_prometheus_targets_match_services(compose_model):
             targets.extend(static["targets"])
     assert len(targets) == len(set(targets))
     assert set(targets) == metrics_endpoints(compose_model)
-    assert metrics_endpoints(compose_model) == {"api:8000", "worker:9101"}
+    assert metrics_endpoints(compose_model) == {"api:8000", "worker:9101", "webhooks:9102"}
     services = compose_model["services"]
     assert mount_at(services["prometheus"], "/etc/prometheus/prometheus.yml")["source"] == str(PROMETHEUS_CONFIG)
 

@@ -14,15 +14,18 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
+from app import webhooks
 from app.main import create_app
 from app.tenants import new_webhook_secret
 from app.webhooks import InvalidSignature, WebhookDestinationRejected, check_destination, sign, verify
 from reins.processes import stop_process
-from tests.conftest import REPO_ROOT, TENANT_KEYS, WorkerProcess, settings_from, wait_for_job, write_tenants
+from tests.conftest import (REPO_ROOT, TENANT_KEYS, WorkerProcess, _free_ports, settings_from, wait_for_job,
+                            write_tenants)
 
 SECRET = new_webhook_secret()
 
@@ -83,6 +86,40 @@ def test_private_destinations_allowed_when_configured():
     check_destination("http://127.0.0.1:9/hook", allow_private=True)
 
 
+def _attempts(metrics, tenant: str, outcome: str) -> float:
+    return metrics.registry.get_sample_value("reins_webhook_attempts_total", {"tenant": tenant, "outcome": outcome}) or 0
+
+
+def test_unsigned_delivery_is_dropped_and_counted(monkeypatch):
+    metrics = webhooks.WebhookMetrics()
+    monkeypatch.setattr(webhooks.context, "metrics", metrics)
+    monkeypatch.setattr(webhooks.context, "tenants", None)
+    delivery = {"id": "msg_x", "tenant": "alpha", "url": "https://example.com/hook", "payload": {}}
+    assert webhooks.deliver(delivery) == 0
+    assert _attempts(metrics, "alpha", "dropped") == 1
+
+
+def test_network_error_is_counted_and_raised(monkeypatch):
+    class Tenant:
+        webhook_secret = new_webhook_secret()
+
+    class Tenants:
+        def get(self, name):
+            return Tenant()
+
+    metrics = webhooks.WebhookMetrics()
+    monkeypatch.setattr(webhooks.context, "metrics", metrics)
+    monkeypatch.setattr(webhooks.context, "tenants", Tenants())
+    monkeypatch.setattr(webhooks.context, "allow_private", True)
+    (port,) = _free_ports(1)  # nothing listens there once the helper returns
+    delivery = {"id": "msg_y", "tenant": "alpha", "url": f"http://127.0.0.1:{port}/hook", "payload": {}}
+    with pytest.raises(httpx.ConnectError):
+        webhooks.deliver(delivery)
+    assert _attempts(metrics, "alpha", "failed") == 1
+    assert metrics.registry.get_sample_value("reins_webhook_attempt_duration_seconds_count",
+                                             {"outcome": "failed"}) == 1
+
+
 class Receiver:
     """An HTTP server on loopback that records webhook deliveries and fails the first `failures` of them."""
 
@@ -124,8 +161,10 @@ def receiver():
 def hooked_env(service_env, tmp_path_factory, receiver):
     folder = tmp_path_factory.mktemp("webhooks")
     tenants = write_tenants(folder, alpha={"webhook_url": receiver.url, "webhook_secret": SECRET})
+    (metrics_port,) = _free_ports(1)
     return {**service_env, "REINS_TENANTS_FILE": str(tenants), "REINS_KEY_PREFIX": "hooks-" + uuid.uuid4().hex[:8],
-            "REINS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true", "REINS_WEBHOOK_RETRY_INTERVALS_SECONDS": "[1, 1, 1]"}
+            "REINS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true", "REINS_WEBHOOK_RETRY_INTERVALS_SECONDS": "[1, 1, 1]",
+            "REINS_HOST": "127.0.0.1", "REINS_WEBHOOK_METRICS_PORT": str(metrics_port)}
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +206,32 @@ def test_completed_job_is_delivered_after_retry(client, processes, receiver):
     assert payload["data"]["id"] == job["id"]
     assert payload["data"]["result"]["url"] == f"/v1/jobs/{job['id']}/content"
     assert "webhook_urls" not in payload["data"]
+
+
+def _webhook_attempts(port: int, tenant: str) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("reins_webhook_attempts_total{") and f'tenant="{tenant}"' in line:
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_dispatcher_counts_failed_and_delivered_attempts(client, processes, receiver, hooked_env):
+    headers = {"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}
+    before = len(receiver.deliveries)
+    job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "a dog"}, headers=headers).json()
+    assert wait_for_job(client, job["id"], headers)["status"] == "completed"
+    # The receiver responds 500 to its first delivery in this module, so one attempt failed whatever ran before.
+    receiver.wait_for(before + 1)
+    port = int(hooked_env["REINS_WEBHOOK_METRICS_PORT"])
+    deadline = time.monotonic() + 10
+    while (attempts := _webhook_attempts(port, "alpha")).get("delivered", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert attempts.get("failed", 0) >= 1
+    assert attempts.get("delivered", 0) >= 1
+    assert attempts.get("dropped", 0) == 0
 
 
 def test_cancelled_job_is_delivered(client, processes, receiver):
