@@ -131,6 +131,8 @@ def _load(args: argparse.Namespace):
     from reins.families import family_for_pipeline
     from reins.pipelines import load_pipeline
 
+    if args.model.startswith(("/", ".", "~")) and not Path(args.model).expanduser().exists():
+        raise UsageError(f"--model {args.model!r}: no such folder")
     if not Path(args.model).exists() and "/" not in args.model and args.model != "toy":
         raise UsageError(f"--model {args.model!r} is neither an existing folder, a hub id of the form owner/name, "
                          "nor toy (the shipped toy model)")
@@ -247,6 +249,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.strength != 0 and args.direction is None:
         raise UsageError("--direction is required unless --strength is 0")
+    window = _check_window(args)
     direction = None
     if args.direction is not None:
         try:
@@ -273,7 +276,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         try:
             steering = SteeringConfig(
                 direction.vector, args.strength, direction.metadata.reference_norm,
-                step_window=_check_window(args), branch_mode=args.branch_mode,
+                step_window=window, branch_mode=args.branch_mode,
                 strength_mode="absolute" if args.absolute else "relative", preserve_norm=args.preserve_norm,
                 adaptive=args.adaptive, probe_reference=direction.probe_reference,
             )
@@ -283,6 +286,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     write_mp4(frames, args.out, fps=args.fps)
     print(json.dumps({"out": str(args.out), "video": probe_mp4(args.out), "strength": args.strength,
                       "block_index": steerer.block_index if steerer else None,
+                      "step_window": list(steering.step_window) if steering else None,
+                      "adaptive": bool(steering and steering.adaptive),
                       "probe_score": steerer.probe_scores()[0] if steerer and steerer.probe_scores() else None},
                      indent=2))
     return 0
@@ -392,8 +397,12 @@ def _parse_preset(text: str) -> tuple[str, float]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reins.demo import run_demo
+    from reins.demo import default_strength, run_demo, strength_range
 
+    if args.strength is not None:
+        low, high = strength_range(default_strength(args.model))
+        if not low <= args.strength <= high:
+            raise UsageError(f"--strength {args.strength} is outside the demo tenant's range [{low}, {high}]")
     return run_demo(workdir=Path(args.workdir), out=Path(args.out) if args.out else None,
                     prompt=args.prompt, strength=args.strength, model=args.model)
 
@@ -759,7 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny-wan: random weights, shows the path; toy: the trained toy model, unsteered and "
                            "steered side by side")
     demo.add_argument("--prompt", help="prompt to generate (default: one that fits the model)")
-    demo.add_argument("--strength", type=_finite_float, help="steering strength (default: the demo tenant's default)")
+    demo.add_argument("--strength", type=_finite_float,
+                      help="steering strength, 0 to 2 (default: the demo tenant's default, 1)")
     demo.set_defaults(handler=cmd_demo)
     _add_client_commands(commands)
     return parser

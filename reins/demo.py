@@ -73,13 +73,23 @@ def toy_policy() -> tuple[float, tuple[float, float]]:
     return float(entry["strength"]), tuple(entry["steering_step_window"])
 
 
+def strength_range(default_strength: float) -> tuple[float, float]:
+    """Return the demo tenant's allowed strengths around its default."""
+    return 0.0, max(2.0, 2 * default_strength)
+
+
+def default_strength(model: str) -> float:
+    """Return the demo tenant's default strength for `model` ("toy" or the tiny model)."""
+    return toy_policy()[0] if model == "toy" else 1.0
+
+
 def write_demo_config(workdir: Path, model_dir: Path | None, direction: Path) -> tuple[Path, Path, str]:
     """Write the model configuration and a tenants file with one demo tenant; return both paths and its key."""
     tenants = workdir / "tenants.toml"
     tenants.unlink(missing_ok=True)
     strength, window = toy_policy() if model_dir is None else (1.0, None)
-    _, api_key = create_tenant(tenants, "demo", default_strength=strength, min_strength=0.0,
-                               max_strength=max(2.0, 2 * strength))
+    low, high = strength_range(strength)
+    _, api_key = create_tenant(tenants, "demo", default_strength=strength, min_strength=low, max_strength=high)
     config = workdir / "reins.toml"
     if model_dir is None:
         config.write_text("# Written by reins demo.\n" + TOY_SECTION.format(direction=direction.resolve(),

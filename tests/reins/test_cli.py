@@ -22,7 +22,9 @@ def test_tiny_model_then_generate(tmp_path):
     result = reins("generate", "--model", str(model), "--prompt", "a cat", "--direction", str(SHIPPED_DIRECTION),
                    "--strength", "0.5", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["block_index"] == 2
+    output = json.loads(result.stdout)
+    assert output["block_index"] == 2
+    assert output["step_window"] == [0.0, 0.5]
     info = probe_mp4(out)
     assert info["frames"] == 9
     assert (info["width"], info["height"]) == (32, 32)
@@ -36,6 +38,11 @@ def test_tiny_model_then_generate(tmp_path):
         (["tiny-model", "--out", "o", "--size", "huge"], "invalid choice"),
         (["tiny-model", "--out", "o", "--family", "sora"], "invalid choice"),
         (["discover", "--model", "m", "--prompts", "absent.jsonl", "--out", "d.safetensors"], "--prompts"),
+        (["demo", "--model", "toy", "--strength", "99"], "--strength 99.0 is outside the demo tenant's range [0.0, 2.0]"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "./absent"],
+         "--model './absent': no such folder"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--step-window", "0.8",
+          "0.2"], "--step-window START must be below END"),
     ],
 )
 def test_bad_input_exits_2(tmp_path, arguments, message):
