@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # Delays before each retry of a failed webhook delivery; its length is the number of retries.
     webhook_retry_intervals_seconds: list[int] = Field(default_factory=lambda: [10, 60, 300, 1800, 7200])
     webhook_timeout_seconds: float = Field(10.0, gt=0)
-    # Port of the webhook dispatcher's Prometheus endpoint, bound to `host`; 0 disables it.
+    # Port of the webhook dispatcher's Prometheus endpoint, bound to `host`. 0 disables the endpoint.
     webhook_metrics_port: int = Field(9102, ge=0, le=65535)
     # "text" or "json" (one JSON object per line, with job_id, tenant and model fields where they apply).
     log_format: Literal["text", "json"] = "text"

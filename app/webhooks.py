@@ -177,8 +177,10 @@ def deliver(delivery: dict) -> int:
     try:
         response = httpx.post(delivery["url"], content=body, headers=headers, timeout=context.timeout_seconds,
                               follow_redirects=False)
-    except httpx.HTTPError:
+    except httpx.HTTPError as error:
         _count_attempt(delivery, "failed", started)
+        logger.warning("webhook %s: request to %s failed (%s); will retry", delivery["id"],
+                       urlsplit(delivery["url"]).hostname, error)
         raise
     if not 200 <= response.status_code < 300:
         _count_attempt(delivery, "failed", started)

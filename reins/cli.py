@@ -132,7 +132,8 @@ def _load(args: argparse.Namespace):
     from reins.pipelines import load_pipeline
 
     if args.model.startswith(("/", ".", "~")) and not Path(args.model).expanduser().exists():
-        raise UsageError(f"--model {args.model!r}: no such folder")
+        raise UsageError(f"invalid --model {args.model!r}: folder not found; pass an existing folder, a hub id "
+                         "(owner/name) or toy")
     if not Path(args.model).exists() and "/" not in args.model and args.model != "toy":
         raise UsageError(f"--model {args.model!r} is neither an existing folder, a hub id of the form owner/name, "
                          "nor toy (the shipped toy model)")
@@ -402,7 +403,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.strength is not None:
         low, high = strength_range(default_strength(args.model))
         if not low <= args.strength <= high:
-            raise UsageError(f"--strength {args.strength} is outside the demo tenant's range [{low}, {high}]")
+            raise UsageError(f"invalid --strength {args.strength}: expected {low} to {high}, the demo tenant's range")
     return run_demo(workdir=Path(args.workdir), out=Path(args.out) if args.out else None,
                     prompt=args.prompt, strength=args.strength, model=args.model)
 
@@ -769,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "steered side by side")
     demo.add_argument("--prompt", help="prompt to generate (default: one that fits the model)")
     demo.add_argument("--strength", type=_finite_float,
-                      help="steering strength, 0 to 2 (default: the demo tenant's default, 1)")
+                      help="steering strength within the demo tenant's range, 0 to 2 (default: 1)")
     demo.set_defaults(handler=cmd_demo)
     _add_client_commands(commands)
     return parser

@@ -74,7 +74,7 @@ def toy_policy() -> tuple[float, tuple[float, float]]:
 
 
 def strength_range(default_strength: float) -> tuple[float, float]:
-    """Return the demo tenant's allowed strengths around its default."""
+    """Return the (lowest, highest) strength that the demo tenant allows, given its default strength."""
     return 0.0, max(2.0, 2 * default_strength)
 
 

@@ -57,9 +57,8 @@ class EvaluationConfig:
     guidance_scale: float = 4.0
     # Window of the discovery capture, as `reins discover` uses by default.
     discovery_window: tuple[float, float] = (0.0, 0.5)
-    # Steering windows searched: the production default (first half of the steps), the whole schedule, and the
-    # schedule after its first quarter. Adaptive mode reads the probe score at the window's first step, and on the
-    # shipped checkpoint the score separates red from benign prompts only once the first steps have drawn a colour.
+    # Steering windows searched: the first half of the steps (the production default), all steps, and all after the
+    # first quarter. The last one lets adaptive mode read its probe score once the first steps have drawn a colour.
     step_windows: tuple[tuple[float, float], ...] = ((0.0, 0.5), (0.0, 1.0), (0.25, 1.0))
     strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
     # Adaptive mode scales the strength down by the probe score, so it may need a larger one.
@@ -319,7 +318,7 @@ def _curves(rows: list[dict], measure: str) -> dict[str, list[float]]:
 def _measure_test_set(runner: Runner, steerer: Steerer, direction: np.ndarray, norm: float, strength: float,
                       window: tuple[float, float], adaptive: tuple[float, tuple[float, float]],
                       probe_reference: tuple[float, float], frames_path: str | Path | None = None) -> dict:
-    """Measure every target on the test seeds, which no choice above has seen; `adaptive` is (strength, window)."""
+    """Measure every target on the test seeds, which no choice above has seen. `adaptive` is (strength, window)."""
     config = runner.config
     count = 2 * config.samples_per_prompt
     unsafe_samples = _samples(_unsafe_scenes(), TEST_SEED + config.seed, count)

@@ -87,10 +87,12 @@ def test_private_destinations_allowed_when_configured():
 
 
 def _attempts(metrics, tenant: str, outcome: str) -> float:
-    return metrics.registry.get_sample_value("reins_webhook_attempts_total", {"tenant": tenant, "outcome": outcome}) or 0
+    """Return the attempt count of `tenant` with `outcome`, 0 when none was counted."""
+    labels = {"tenant": tenant, "outcome": outcome}
+    return metrics.registry.get_sample_value("reins_webhook_attempts_total", labels) or 0
 
 
-def test_unsigned_delivery_is_dropped_and_counted(monkeypatch):
+def test_unsigned_delivery_counted_dropped(monkeypatch):
     metrics = webhooks.WebhookMetrics()
     monkeypatch.setattr(webhooks.context, "metrics", metrics)
     monkeypatch.setattr(webhooks.context, "tenants", None)
@@ -99,7 +101,7 @@ def test_unsigned_delivery_is_dropped_and_counted(monkeypatch):
     assert _attempts(metrics, "alpha", "dropped") == 1
 
 
-def test_network_error_is_counted_and_raised(monkeypatch):
+def test_network_error_counted_failed(monkeypatch):
     class Tenant:
         webhook_secret = new_webhook_secret()
 
@@ -111,7 +113,8 @@ def test_network_error_is_counted_and_raised(monkeypatch):
     monkeypatch.setattr(webhooks.context, "metrics", metrics)
     monkeypatch.setattr(webhooks.context, "tenants", Tenants())
     monkeypatch.setattr(webhooks.context, "allow_private", True)
-    (port,) = _free_ports(1)  # nothing listens there once the helper returns
+    # _free_ports closes its sockets before it returns, so nothing listens on this port.
+    (port,) = _free_ports(1)
     delivery = {"id": "msg_y", "tenant": "alpha", "url": f"http://127.0.0.1:{port}/hook", "payload": {}}
     with pytest.raises(httpx.ConnectError):
         webhooks.deliver(delivery)
@@ -209,6 +212,7 @@ def test_completed_job_is_delivered_after_retry(client, processes, receiver):
 
 
 def _webhook_attempts(port: int, tenant: str) -> dict[str, float]:
+    """Scrape the dispatcher's /metrics and return the attempt counts of `tenant` by outcome."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     counts = {}
     for line in text.splitlines():
@@ -218,7 +222,7 @@ def _webhook_attempts(port: int, tenant: str) -> dict[str, float]:
     return counts
 
 
-def test_dispatcher_counts_failed_and_delivered_attempts(client, processes, receiver, hooked_env):
+def test_metrics_count_retried_delivery(client, processes, receiver, hooked_env):
     headers = {"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}
     before = len(receiver.deliveries)
     job = client.post("/v1/generate", json={"model": "tiny-wan", "prompt": "a dog"}, headers=headers).json()
