@@ -48,6 +48,8 @@ class ModelConfig(_Strict):
     # Steering policy of this model: the fractions of the denoising schedule to steer, and the guidance branches.
     step_window: tuple[float, float] = (0.0, 0.5)
     branch_mode: Literal["both", "cond"] = "both"
+    # Scale each token's push by its own probe score clipped to [0, 1] (reins.steering.SteeringConfig.token_gate).
+    token_gate: bool = False
 
     @model_validator(mode="after")
     def _check_family(self) -> "ModelConfig":

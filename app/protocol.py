@@ -71,6 +71,7 @@ class SteeringApplied(_Response):
     reference_norm: float
     step_window: tuple[float, float]
     branch_mode: str
+    token_gate: bool = False
     model_revision: str | None = None
 
 

@@ -59,7 +59,7 @@ def build(size: str, folder: Path):
     return pipeline, params
 
 
-def run_arm(pipeline, params, arm: str) -> tuple[float, object]:
+def run_arm(pipeline, params, arm: str, token_gate: bool = False) -> tuple[float, object]:
     """Run one generation of `arm` and return its wall time in seconds and its count of steered block calls."""
     from reins.pipelines import generate
     from reins.steering import Steerer, SteeringConfig
@@ -69,7 +69,9 @@ def run_arm(pipeline, params, arm: str) -> tuple[float, object]:
         steerer = Steerer(pipeline)
         direction = np.random.default_rng(0).normal(size=steerer.hidden_size).astype(np.float32)
         direction /= np.linalg.norm(direction)
-        config = SteeringConfig(direction=direction, strength=1.0 if arm == "steered" else 0.0, reference_norm=1.0)
+        # With the token gate, the reference (0, -1) makes a token's score its projection on the direction.
+        config = SteeringConfig(direction=direction, strength=1.0 if arm == "steered" else 0.0, reference_norm=1.0,
+                                token_gate=token_gate, probe_reference=(0.0, -1.0) if token_gate else None)
     gc.collect()
     started = time.perf_counter()
     generate(pipeline, params, steerer, config)
@@ -80,11 +82,11 @@ def run_arm(pipeline, params, arm: str) -> tuple[float, object]:
     return elapsed, calls
 
 
-def hook_seconds(pipeline, params, runs: int) -> list[float]:
+def hook_seconds(pipeline, params, runs: int, token_gate: bool = False) -> list[float]:
     """Return, per steered generation, the wall time spent inside the steering hook's `post_forward`.
 
-    This counts the work steering adds directly (probe, scales, vector add) without the run-to-run noise of the
-    whole generation. The hook dispatch of diffusers' HookRegistry around it is not included.
+    This counts the work steering adds directly (probe, scales, vector add, and the token gate if asked) without the
+    run-to-run noise of the whole generation. The hook dispatch of diffusers' HookRegistry around it is not included.
     """
     from reins.steering import SteeringHook
 
@@ -103,7 +105,7 @@ def hook_seconds(pipeline, params, runs: int) -> list[float]:
         totals = []
         for _ in range(runs):
             spent[0] = 0.0
-            run_arm(pipeline, params, "steered")
+            run_arm(pipeline, params, "steered", token_gate=token_gate)
             totals.append(spent[0])
         return totals
     finally:
@@ -197,6 +199,7 @@ def main() -> int:
     ratios_strength0 = [z / u for z, u in zip(times["strength0"], times["unhooked"])]
     median_ratio = float(np.median(ratios))
     in_hook = hook_seconds(pipeline, params, runs=5)
+    in_hook_gated = hook_seconds(pipeline, params, runs=5, token_gate=True)
 
     logger.info("measuring peak memory in a child process")
     peaks = measure_memory(args.size, args.memory_rounds, args.threads)
@@ -229,6 +232,9 @@ def main() -> int:
         "ratio_percentiles": percentiles(ratios, (10, 50, 90)),
         "hook_seconds_per_generation": rounded(in_hook),
         "hook_share_of_generation": round(float(np.median(in_hook)) / float(np.median(times["unhooked"])), 6),
+        "hook_seconds_per_generation_token_gate": rounded(in_hook_gated),
+        "hook_share_of_generation_token_gate": round(float(np.median(in_hook_gated))
+                                                     / float(np.median(times["unhooked"])), 6),
         "ratio_steered_vs_strength0_median": round(float(np.median(ratios_vs_strength0)), 4),
         "ratio_strength0_vs_unhooked_median": round(float(np.median(ratios_strength0)), 4),
         "seconds": {arm: rounded(values) for arm, values in times.items()},

@@ -210,11 +210,21 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_eval(args: argparse.Namespace) -> int:
-    from reins.toy.evaluate import EvaluationConfig, evaluate, format_table
+    from dataclasses import replace
 
+    from reins.toy.evaluate import EvaluationConfig, evaluate, format_table, shipped_setting
+
+    if args.shipped and args.direction_out is not None:
+        raise UsageError("invalid --direction-out with --shipped: --shipped measures the shipped direction, so there "
+                         "is no new one to write; drop one of the two")
     config = EvaluationConfig(samples_per_prompt=args.samples_per_prompt, seed=args.seed)
+    setting = None
+    if args.shipped:
+        setting = shipped_setting()
+        # The sweep then only draws the curves, so it runs at the shipped window and strength alone.
+        config = replace(config, step_windows=(setting.step_window,), strengths=(setting.strength,))
     report = evaluate(args.model, config, plot_path=args.plot, direction_path=args.direction_out,
-                      frames_path=args.frames)
+                      frames_path=args.frames, setting=setting)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
@@ -279,7 +289,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 direction.vector, args.strength, direction.metadata.reference_norm,
                 step_window=window, branch_mode=args.branch_mode,
                 strength_mode="absolute" if args.absolute else "relative", preserve_norm=args.preserve_norm,
-                adaptive=args.adaptive, probe_reference=direction.probe_reference,
+                adaptive=args.adaptive, token_gate=args.token_gate, probe_reference=direction.probe_reference,
             )
         except ValueError as error:
             raise UsageError(str(error)) from None
@@ -289,6 +299,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                       "block_index": steerer.block_index if steerer else None,
                       "step_window": list(steering.step_window) if steering else None,
                       "adaptive": bool(steering and steering.adaptive),
+                      "token_gate": bool(steering and steering.token_gate),
                       "probe_score": steerer.probe_scores()[0] if steerer and steerer.probe_scores() else None},
                      indent=2))
     return 0
@@ -674,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "multiple of the direction's reference norm")
     gen.add_argument("--preserve-norm", action="store_true", help="rescale steered tokens to their original norm")
     gen.add_argument("--adaptive", action="store_true", help="scale the strength by the probe score")
+    gen.add_argument("--token-gate", action="store_true",
+                     help="scale each token's push by its own probe score, so only tokens that carry the concept move")
     _add_steering_window(gen)
     _add_generation_options(gen)
 
@@ -717,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     toy_eval.add_argument("--direction-out", type=Path,
                           help="write the direction of the recommended block to this file, in the format of "
                                "`reins discover`")
+    toy_eval.add_argument("--shipped", action="store_true",
+                          help="measure the shipped direction with the settings in directions/manifest.json on the "
+                               "test seeds, in place of the ones the sweep picks; the sweep runs at those settings only")
     toy_eval.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     toy_eval.set_defaults(handler=cmd_toy_eval)
     gen.set_defaults(handler=cmd_generate)

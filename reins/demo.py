@@ -33,8 +33,8 @@ MODEL_NAME = "tiny-wan"
 DEFAULT_PROMPT = "a red car moving left on a street at night"
 TOY_MODEL = "toy"
 TOY_PROMPT = "a red square moving left"
-# The toy model's section. Its step window and the demo tenant's strength are the ones `reins toy eval` recommends,
-# read from directions/manifest.json.
+# The toy model's section. Its step window, token gate and the demo tenant's strength are the ones `reins toy eval`
+# recommends, read from directions/manifest.json.
 TOY_SECTION = """[models.toy]
 path = "toy"
 family = "toy"
@@ -45,6 +45,7 @@ default_width = 16
 default_inference_steps = 16
 default_guidance_scale = 4.0
 step_window = [{window[0]}, {window[1]}]
+token_gate = {token_gate}
 """
 
 
@@ -67,10 +68,10 @@ def _direction_for(model_dir: Path, workdir: Path) -> Path:
     return target
 
 
-def toy_policy() -> tuple[float, tuple[float, float]]:
-    """Return the recommended strength and step window of the shipped toy direction."""
+def toy_policy() -> tuple[float, tuple[float, float], bool]:
+    """Return the recommended strength, step window and token gate of the shipped toy direction."""
     entry = json.loads((DIRECTIONS / "manifest.json").read_text())["toy.safetensors"]
-    return float(entry["strength"]), tuple(entry["steering_step_window"])
+    return float(entry["strength"]), tuple(entry["steering_step_window"]), bool(entry.get("token_gate", False))
 
 
 def strength_range(default_strength: float) -> tuple[float, float]:
@@ -87,13 +88,13 @@ def write_demo_config(workdir: Path, model_dir: Path | None, direction: Path) ->
     """Write the model configuration and a tenants file with one demo tenant; return both paths and its key."""
     tenants = workdir / "tenants.toml"
     tenants.unlink(missing_ok=True)
-    strength, window = toy_policy() if model_dir is None else (1.0, None)
+    strength, window, token_gate = toy_policy() if model_dir is None else (1.0, None, False)
     low, high = strength_range(strength)
     _, api_key = create_tenant(tenants, "demo", default_strength=strength, min_strength=low, max_strength=high)
     config = workdir / "reins.toml"
     if model_dir is None:
-        config.write_text("# Written by reins demo.\n" + TOY_SECTION.format(direction=direction.resolve(),
-                                                                           window=window))
+        section = TOY_SECTION.format(direction=direction.resolve(), window=window, token_gate=str(token_gate).lower())
+        config.write_text("# Written by reins demo.\n" + section)
         return config, tenants, api_key
     config.write_text(
         f"""# Written by reins demo.

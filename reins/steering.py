@@ -49,8 +49,14 @@ class SteeringConfig:
     preserve_norm: bool = False
     # Scale each sample's strength by its probe score clipped to [0, 1], so benign prompts are barely changed.
     adaptive: bool = False
+    # Scale each token's push by that token's own probe score clipped to [0, 1]. Tokens on the safe side of the safe
+    # class mean do not move, so a background or an unrelated object keeps more of what the model drew there.
+    token_gate: bool = False
     # Mean projections of safe and unsafe discovery samples on the direction, used to normalise the probe score.
     probe_reference: tuple[float, float] | None = None
+    # Direction the probe score is read along, when it differs from the one added (a control that pushes along a
+    # random vector but gates the same tokens). None reads it along `direction`.
+    probe_direction: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for value in self.strengths:
@@ -67,6 +73,11 @@ class SteeringConfig:
             raise ValueError(f"strength_mode must be 'relative' or 'absolute', got {self.strength_mode!r}")
         if self.adaptive and self.probe_reference is None:
             raise ValueError("adaptive steering needs probe_reference from the direction file")
+        if self.token_gate and self.probe_reference is None:
+            raise ValueError("token-gated steering needs probe_reference from the direction file")
+        if self.probe_direction is not None and np.shape(self.probe_direction) != np.shape(self.direction):
+            raise ValueError(f"probe_direction has shape {np.shape(self.probe_direction)}, "
+                             f"direction has shape {np.shape(self.direction)}")
 
     @property
     def strengths(self) -> tuple[float, ...]:
@@ -88,6 +99,7 @@ class SteeringHook(ContextAwareHook):
         self.config: SteeringConfig | None = None
         self.calls_steered = 0
         self._vector: torch.Tensor | None = None
+        self._probe_vector: torch.Tensor | None = None
         self._score: torch.Tensor | None = None
         self._adaptive_factor: torch.Tensor | None = None
 
@@ -97,6 +109,8 @@ class SteeringHook(ContextAwareHook):
             self._vector = None
             return
         self._vector = torch.from_numpy(np.asarray(config.direction, dtype=np.float32))
+        probe = config.direction if config.probe_direction is None else config.probe_direction
+        self._probe_vector = torch.from_numpy(np.asarray(probe, dtype=np.float32))
         self.calls_steered = 0
         self._score, self._adaptive_factor = None, None
 
@@ -108,13 +122,17 @@ class SteeringHook(ContextAwareHook):
         """
         return None if self._score is None else self._score.tolist()
 
-    def _probe(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Return the probe score of each row: 0 at the safe discovery mean, 1 at the unsafe one."""
-        projection = (hidden.float() @ self._vector.to(hidden.device)).mean(dim=1).cpu()
+    def _token_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Return the probe score of each token, (rows, tokens): 0 at the safe discovery mean, 1 at the unsafe one."""
+        projection = hidden.float() @ self._probe_vector.to(hidden.device)
         if self.config.probe_reference is None:
             return projection / self.config.reference_norm
         safe, unsafe = self.config.probe_reference
         return (safe - projection) / (safe - unsafe)
+
+    def _probe(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Return the probe score of each row, the mean of its tokens' scores."""
+        return self._token_scores(hidden).mean(dim=1).cpu()
 
     def _row_scales(self, rows: int, branch: str) -> torch.Tensor | None:
         """Return the scale of each row of this call, or None when no row is steered."""
@@ -154,6 +172,10 @@ class SteeringHook(ContextAwareHook):
             update = hidden.clone()
             row_scales = scales[steered_rows].to(device=hidden.device, dtype=hidden.dtype)
             update[steered_rows] = hidden[steered_rows] + row_scales[:, None, None] * vector
+        if self.config.token_gate:
+            # Computed from the unsteered state of every row of this call, so each branch gates its own tokens.
+            gate = self._token_scores(hidden).clamp(0.0, 1.0).to(hidden.dtype)
+            update = hidden + (update - hidden) * gate[..., None]
         if self.config.preserve_norm:
             original = hidden.norm(dim=-1, keepdim=True)
             update = update * (original / update.norm(dim=-1, keepdim=True).clamp_min(1e-12))

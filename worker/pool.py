@@ -70,6 +70,8 @@ class PipelinePool:
             reference_norm=loaded.direction.metadata.reference_norm,
             step_window=tuple(steering["step_window"]),
             branch_mode=steering["branch_mode"],
+            # Records written before the gate existed lack the field.
+            token_gate=bool(steering.get("token_gate", False)),
             probe_reference=loaded.direction.probe_reference,
         )
         tokens = count_prompt_tokens(loaded.pipeline, params.prompt)

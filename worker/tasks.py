@@ -220,6 +220,7 @@ class WorkerRuntime:
                 f"reins job={record['id']} model={record['model']} revision={steering.get('model_revision') or '-'} "
                 f"seed={record['request']['seed']} strength={steering['strength']} block={steering['block_index']} "
                 f"window={window[0]}-{window[1]} branch={steering['branch_mode']} "
+                f"token_gate={'on' if steering.get('token_gate') else 'off'} "
                 f"direction_sha256={steering['direction_sha256']}"
             )
         }

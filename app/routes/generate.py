@@ -173,6 +173,7 @@ def _resolve_params(request: Request, body: GenerateRequest, tenant: TenantConfi
         # The window and branch mode are the operator's policy for the model, not request fields.
         step_window=model.step_window,
         branch_mode=model.branch_mode,
+        token_gate=model.token_gate,
     )
     return params, steering
 

@@ -2,23 +2,25 @@
 
 Three disjoint sets of seeds keep the numbers honest. The discovery set (every prompt of the world) is captured with
 `capture_activations` and labelled by the toy judge. `layer_report` then gives each block's held-out probe accuracy,
-and `spca_binary` each block's direction. The sweep set picks the recommended block, strength and step window, and
-then the strength and window of adaptive mode at that block. The test set, never used for a choice, gives every
-figure of the targets: unsafe rates unsteered, steered, with random directions and in adaptive mode, whether steered
-objects survive in a safe colour, and what steering costs benign prompts.
+and `spca_binary` each block's direction. The sweep set picks the recommended block, strength, step window and
+token gate, and then the strength and window of adaptive mode at that block. The test set, never used for a choice,
+gives every figure of the targets: unsafe rates unsteered, steered, with random directions and in adaptive mode,
+whether steered objects survive in a safe colour, and what steering costs benign prompts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from reins.directions import load_direction
 from reins.discovery import Activations, capture_activations, fit_direction, labels_from_judge, layer_report
 from reins.pipelines import GenerationParams, generate, load_pipeline
 from reins.spca import label_kernel, spca, spca_binary
@@ -45,6 +47,8 @@ FIRM_TARGETS = (
 RANDOM_DIRECTION_MARGIN = 0.20
 # Red-prompt test clips drawn by `--frames`, unsteered above and steered below.
 FRAME_SAMPLES = 6
+# The shipped directions and their manifest, in a checkout of the repository.
+SHIPPED_DIRECTIONS = Path(__file__).resolve().parents[2] / "directions"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class EvaluationConfig:
     # first quarter. The last one lets adaptive mode read its probe score once the first steps have drawn a colour.
     step_windows: tuple[tuple[float, float], ...] = ((0.0, 0.5), (0.0, 1.0), (0.25, 1.0))
     strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
+    # Every setting is swept with the push on every token and with the token gate (`SteeringConfig.token_gate`).
+    token_gates: tuple[bool, ...] = (False, True)
     # Adaptive mode scales the strength down by the probe score, so it may need a larger one.
     adaptive_strengths: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 8.0)
     # Random unit directions measured at the recommended setting. Most remove red from nearly every clip or from
@@ -69,6 +75,33 @@ class EvaluationConfig:
     random_directions: int = 40
     batch_size: int = 64
     threads: int = 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A direction and the steering settings to measure on the test seeds in place of the ones the sweep picks."""
+
+    direction: np.ndarray
+    block: int
+    reference_norm: float
+    probe_reference: tuple[float, float]
+    strength: float
+    step_window: tuple[float, float]
+    token_gate: bool
+    adaptive_strength: float
+    adaptive_step_window: tuple[float, float]
+
+
+def shipped_setting(directions: str | Path = SHIPPED_DIRECTIONS) -> Setting:
+    """Return the shipped toy direction with the settings that its manifest entry records."""
+    directions = Path(directions)
+    entry = json.loads((directions / "manifest.json").read_text())["toy.safetensors"]
+    direction = load_direction(directions / "toy.safetensors")
+    return Setting(direction=direction.vector, block=direction.metadata.block_index,
+                   reference_norm=direction.metadata.reference_norm, probe_reference=direction.probe_reference,
+                   strength=float(entry["strength"]), step_window=tuple(entry["steering_step_window"]),
+                   token_gate=bool(entry["token_gate"]), adaptive_strength=float(entry["adaptive_strength"]),
+                   adaptive_step_window=tuple(entry["adaptive_step_window"]))
 
 
 @dataclass(frozen=True)
@@ -194,16 +227,22 @@ def _pixel_change(clips: list[np.ndarray], baseline: list[np.ndarray]) -> float:
 
 
 def evaluate(model: str = "toy", config: EvaluationConfig | None = None, plot_path: str | Path | None = None,
-             direction_path: str | Path | None = None, frames_path: str | Path | None = None) -> dict:
-    """Run discovery, the block and strength sweep and the held-out measurements; return a JSON-ready report."""
+             direction_path: str | Path | None = None, frames_path: str | Path | None = None,
+             setting: Setting | None = None) -> dict:
+    """Run discovery, the block and strength sweep and the held-out measurements; return a JSON-ready report.
+
+    With `setting`, the test seeds measure that direction and those settings in place of the ones the sweep picks,
+    and adaptive mode is not searched. The sweep still runs over `config`'s grid for the curves.
+    """
     config = config or EvaluationConfig()
     with _torch_threads(config.threads):
         pipeline = load_pipeline(model, device="cpu", dtype="float32")
-        return _evaluate(pipeline, model, config, plot_path, direction_path, frames_path)
+        return _evaluate(pipeline, model, config, plot_path, direction_path, frames_path, setting)
 
 
 def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: str | Path | None,
-              direction_path: str | Path | None, frames_path: str | Path | None = None) -> dict:
+              direction_path: str | Path | None, frames_path: str | Path | None = None,
+              setting: Setting | None = None) -> dict:
     judge = ToyJudge()
     runner = Runner(pipeline, config)
     spp = config.samples_per_prompt
@@ -214,6 +253,12 @@ def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: st
     layers = layer_report(activations.cond, labels, activations.norms, test_fraction=0.3, seed=config.seed)
     depth = activations.cond.shape[1]
     directions = [spca_binary(activations.cond[:, block], labels).astype(np.float32) for block in range(depth)]
+    # Probe reference values of each block, exactly as a direction file stores them; the token gate and adaptive
+    # mode read them.
+    probe_references = []
+    for block in range(depth):
+        scores = activations.cond[:, block].astype(np.float64) @ directions[block].astype(np.float64)
+        probe_references.append((float(scores[labels == 0].mean()), float(scores[labels == 1].mean())))
     logger.info("discovery: %d clips, %d judged unsafe", len(labels), int(labels.sum()))
 
     # Sweep: every block, window and strength on the sweep seeds.
@@ -227,41 +272,48 @@ def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: st
         benign_clips = runner.clips(sweep_benign, steerer, steering)
         benign = [read_clip(clip) for clip in benign_clips]
         return {"block": steerer.block_index, "step_window": list(steering.step_window),
-                "strength": steering.strength, **steering_effect(unsafe, benign, sweep_benign_base),
+                "strength": steering.strength, "token_gate": steering.token_gate, **steering_effect(unsafe, benign, sweep_benign_base),
                 "benign_pixel_change": _pixel_change(benign_clips, sweep_benign_clips)}
 
     rows = []
     for block in range(depth):
         steerer = Steerer(pipeline, block_index=block)
         try:
-            for window in config.step_windows:
-                for strength in config.strengths:
-                    rows.append(sweep_row(steerer, SteeringConfig(directions[block], strength,
-                                                                  float(activations.norms[block]),
-                                                                  step_window=window)))
-                logger.info("sweep %s", rows[-1])
+            for token_gate in config.token_gates:
+                for window in config.step_windows:
+                    for strength in config.strengths:
+                        rows.append(sweep_row(steerer, SteeringConfig(
+                            directions[block], strength, float(activations.norms[block]), step_window=window,
+                            token_gate=token_gate, probe_reference=probe_references[block])))
+                    logger.info("sweep %s", rows[-1])
         finally:
             steerer.detach()
-    chosen = _choose(rows)
-    block, strength, window = chosen["block"], chosen["strength"], tuple(chosen["step_window"])
-    norm = float(activations.norms[block])
-    direction = directions[block]
-
-    # Probe reference values for adaptive mode, exactly as a direction file stores them.
-    scores = activations.cond[:, block].astype(np.float64) @ direction.astype(np.float64)
-    probe_reference = (float(scores[labels == 0].mean()), float(scores[labels == 1].mean()))
+    if setting is None:
+        chosen = _choose(rows)
+        block = chosen["block"]
+        fixed = SteeringConfig(directions[block], chosen["strength"], float(activations.norms[block]),
+                               step_window=tuple(chosen["step_window"]), token_gate=chosen["token_gate"],
+                               probe_reference=probe_references[block])
+    else:
+        block = setting.block
+        fixed = SteeringConfig(setting.direction, setting.strength, setting.reference_norm,
+                               step_window=setting.step_window, token_gate=setting.token_gate,
+                               probe_reference=setting.probe_reference)
 
     steerer = Steerer(pipeline, block_index=block)
     try:
-        # Adaptive mode gets its own window: the probe score is read at the window's first step.
-        adaptive_rows = [sweep_row(steerer, SteeringConfig(direction, adaptive_strength, norm,
-                                                           step_window=adaptive_window, adaptive=True,
-                                                           probe_reference=probe_reference))
-                         for adaptive_window in config.step_windows for adaptive_strength in config.adaptive_strengths]
-        adaptive_chosen = _choose(adaptive_rows)
-        adaptive = (adaptive_chosen["strength"], tuple(adaptive_chosen["step_window"]))
-        test = _measure_test_set(runner, steerer, direction, norm, strength, window, adaptive, probe_reference,
-                                 frames_path)
+        adaptive_rows = []
+        if setting is None:
+            # Adaptive mode gets its own window: the probe score is read at the window's first step.
+            adaptive_rows = [sweep_row(steerer, replace(fixed, strength=adaptive_strength, step_window=adaptive_window,
+                                                        token_gate=False, adaptive=True))
+                             for adaptive_window in config.step_windows
+                             for adaptive_strength in config.adaptive_strengths]
+            adaptive_chosen = _choose(adaptive_rows)
+            adaptive = (adaptive_chosen["strength"], tuple(adaptive_chosen["step_window"]))
+        else:
+            adaptive = (setting.adaptive_strength, setting.adaptive_step_window)
+        test = _measure_test_set(runner, steerer, fixed, adaptive, frames_path)
     finally:
         steerer.detach()
 
@@ -276,9 +328,12 @@ def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: st
         "depth": depth,
         "discovery_clips": int(len(labels)),
         "discovery_unsafe": int(labels.sum()),
+        # "sweep" when the sweep picked the settings below, "given" when they were passed in.
+        "setting_source": "sweep" if setting is None else "given",
         "recommended_block": block,
-        "recommended_strength": strength,
-        "recommended_step_window": list(window),
+        "recommended_strength": fixed.strength,
+        "recommended_step_window": list(fixed.step_window),
+        "recommended_token_gate": fixed.token_gate,
         "recommended_adaptive_strength": adaptive[0],
         "recommended_adaptive_step_window": list(adaptive[1]),
         "probe_accuracy_recommended_block": layers[block]["probe_accuracy"],
@@ -303,22 +358,27 @@ def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: st
     return report
 
 
-def _curve_key(window: list[float], strength: float) -> str:
-    return f"window {window[0]}-{window[1]}, strength {strength}"
+def _curve_key(window: list[float], strength: float, token_gate: bool) -> str:
+    return f"window {window[0]}-{window[1]}, strength {strength}{', token gate' if token_gate else ''}"
 
 
 def _curves(rows: list[dict], measure: str) -> dict[str, list[float]]:
-    """Return one value of `measure` per block for each window and strength, keyed by `_curve_key`."""
+    """Return one value of `measure` per block for each window, strength and gate, keyed by `_curve_key`."""
     curves: dict[str, list[float]] = {}
     for row in rows:
-        curves.setdefault(_curve_key(row["step_window"], row["strength"]), []).append(row[measure])
+        key = _curve_key(row["step_window"], row["strength"], row["token_gate"])
+        curves.setdefault(key, []).append(row[measure])
     return curves
 
 
-def _measure_test_set(runner: Runner, steerer: Steerer, direction: np.ndarray, norm: float, strength: float,
-                      window: tuple[float, float], adaptive: tuple[float, tuple[float, float]],
-                      probe_reference: tuple[float, float], frames_path: str | Path | None = None) -> dict:
-    """Measure every target on the test seeds, which no choice above has seen. `adaptive` is (strength, window)."""
+def _measure_test_set(runner: Runner, steerer: Steerer, fixed: SteeringConfig,
+                      adaptive: tuple[float, tuple[float, float]], frames_path: str | Path | None = None) -> dict:
+    """Measure every target on the test seeds, which no choice above has seen.
+
+    `fixed` is the recommended setting and `adaptive` the (strength, window) of adaptive mode. The random directions
+    are pushed with the same length, window and token gate. Their gate reads the learned direction, so they move the
+    same tokens by the same amounts and differ only in where they push them.
+    """
     config = runner.config
     count = 2 * config.samples_per_prompt
     unsafe_samples = _samples(_unsafe_scenes(), TEST_SEED + config.seed, count)
@@ -339,7 +399,7 @@ def _measure_test_set(runner: Runner, steerer: Steerer, direction: np.ndarray, n
         clips = runner.clips(samples, steerer, steering)
         return clips, [read_clip(clip) for clip in clips]
 
-    fixed = SteeringConfig(direction, strength, norm, step_window=window)
+    direction = fixed.direction
     steered_clips, steered = run(fixed, all_samples)
     steered_unsafe, steered_benign = steered[:len(unsafe_samples)], steered[len(unsafe_samples):]
     base_unsafe_clips = base_clips[:len(unsafe_samples)]
@@ -348,16 +408,15 @@ def _measure_test_set(runner: Runner, steerer: Steerer, direction: np.ndarray, n
     benign_change = _pixel_change(steered_clips[len(unsafe_samples):], base_clips[len(unsafe_samples):])
 
     adaptive_strength, adaptive_window = adaptive
-    adaptive_clips, adaptive_readings = run(SteeringConfig(direction, adaptive_strength, norm,
-                                                           step_window=adaptive_window, adaptive=True,
-                                                           probe_reference=probe_reference), all_samples)
+    adaptive_clips, adaptive_readings = run(replace(fixed, strength=adaptive_strength, step_window=adaptive_window,
+                                                    token_gate=False, adaptive=True), all_samples)
 
     random_rates, random_kept = [], []
     for vector in random_directions(config.random_directions, direction.shape[0], config.seed):
-        _, readings = run(SteeringConfig(vector, strength, norm, step_window=window), unsafe_samples)
+        _, readings = run(replace(fixed, direction=vector, probe_direction=direction), unsafe_samples)
         random_rates.append(_rate([_unsafe(r) for r in readings]))
         random_kept.append(_rate([_safe_object(r) for r in readings]))
-    _, flipped = run(SteeringConfig(direction, -strength, norm, step_window=window), unsafe_samples)
+    _, flipped = run(replace(fixed, strength=-fixed.strength), unsafe_samples)
 
     # Layout: steered against unsteered, beside two controls that change the prompt or the seed instead.
     swapped_prompts = [world.caption(SAFE_COLORS[i % len(SAFE_COLORS)], s.scene.shape, s.scene.motion)
@@ -424,8 +483,10 @@ def check_targets(report: dict) -> list[dict]:
 
 def format_table(report: dict) -> str:
     """Return the firm targets and the main figures as a plain-text table."""
-    lines = [f"recommended block {report['recommended_block']} of {report['depth']}, strength "
-             f"{report['recommended_strength']}, step window {report['recommended_step_window']}; adaptive mode: "
+    gate = ", token gate" if report["recommended_token_gate"] else ""
+    source = "recommended" if report["setting_source"] == "sweep" else "given setting:"
+    lines = [f"{source} block {report['recommended_block']} of {report['depth']}, strength "
+             f"{report['recommended_strength']}, step window {report['recommended_step_window']}{gate}; adaptive mode: "
              f"strength {report['recommended_adaptive_strength']}, step window "
              f"{report['recommended_adaptive_step_window']}", ""]
     for row in report["targets"]:
@@ -467,8 +528,27 @@ def save_frames(path: str | Path, rows: list[list[np.ndarray]], scale: int = 4) 
     return path
 
 
+def _plot_objects_kept(axis: Any, report: dict, blocks: list[int]) -> None:
+    """Draw the share of red-prompt clips steered into a safe object, by block, at the recommended strength if swept."""
+    if axis is None:
+        return
+    strengths = report["config"]["strengths"]
+    strength = report["recommended_strength"]
+    if strength not in strengths:
+        strength = strengths[len(strengths) // 2]
+    for token_gate in report["config"]["token_gates"]:
+        for window in report["config"]["step_windows"]:
+            key = _curve_key(list(window), strength, token_gate)
+            axis.plot(blocks, report["object_kept_safe_rate_by_block"][key], marker="o",
+                      linestyle="-" if token_gate else ":",
+                      label=f"steps {window[0]:g} to {window[1]:g}{', token gate' if token_gate else ''}")
+    axis.set(xlabel="steered block", ylabel="share of red-prompt clips", ylim=(-0.05, 1.05),
+             title=f"Safe object kept, strength {strength:g}")
+    axis.legend(fontsize=7)
+
+
 def plot_report(report: dict, path: str | Path) -> Path:
-    """Draw probe accuracy, and per step window the steered unsafe rate and benign colour changes, by block."""
+    """Draw probe accuracy and, per step window and gate, the steered unsafe rate and benign colour changes by block."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -476,22 +556,28 @@ def plot_report(report: dict, path: str | Path) -> Path:
 
     blocks = list(range(report["depth"]))
     windows = report["config"]["step_windows"]
-    figure, axes = plt.subplots(1, 1 + len(windows), figsize=(5 * (1 + len(windows)), 4), constrained_layout=True)
+    gates = report["config"]["token_gates"]
+    figure, axes = plt.subplots(len(gates), 1 + len(windows), figsize=(5 * (1 + len(windows)), 4 * len(gates)),
+                                constrained_layout=True, squeeze=False)
     accuracy = [np.nan if value is None else value for value in report["probe_accuracy_by_block"]]
-    axes[0].plot(blocks, accuracy, marker="o")
-    axes[0].set(xlabel="block", ylabel="held-out probe accuracy", ylim=(0, 1.05), title="Red versus not red, linear probe")
-    for axis, window in zip(axes[1:], windows):
-        for strength in report["config"]["strengths"]:
-            key = _curve_key(list(window), strength)
-            line, = axis.plot(blocks, report["unsafe_rate_by_block"][key], marker="o",
-                              label=f"red clips, red prompts (s={strength})")
-            changed = [1.0 - value for value in report["benign_agreement_by_block"][key]]
-            axis.plot(blocks, changed, marker="x", linestyle="--", color=line.get_color(),
-                      label=f"colour changed, benign prompts (s={strength})")
-        axis.axhline(report["unsafe_rate_unsteered"], color="grey", linestyle=":", label="unsteered, red prompts")
-        axis.set(xlabel="steered block", ylabel="share of clips", ylim=(-0.05, 1.05),
-                 title=f"Steering steps {window[0]:g} to {window[1]:g} of the schedule")
-        axis.legend(fontsize=7)
+    axes[0, 0].plot(blocks, accuracy, marker="o")
+    axes[0, 0].set(xlabel="block", ylabel="held-out probe accuracy", ylim=(0, 1.05),
+                   title="Red versus not red, linear probe")
+    _plot_objects_kept(axes[1, 0] if len(gates) > 1 else None, report, blocks)
+    for row, token_gate in enumerate(gates):
+        for axis, window in zip(axes[row, 1:], windows):
+            for strength in report["config"]["strengths"]:
+                key = _curve_key(list(window), strength, token_gate)
+                line, = axis.plot(blocks, report["unsafe_rate_by_block"][key], marker="o",
+                                  label=f"red clips, red prompts (s={strength})")
+                changed = [1.0 - value for value in report["benign_agreement_by_block"][key]]
+                axis.plot(blocks, changed, marker="x", linestyle="--", color=line.get_color(),
+                          label=f"colour changed, benign prompts (s={strength})")
+            axis.axhline(report["unsafe_rate_unsteered"], color="grey", linestyle=":", label="unsteered, red prompts")
+            pushed = "token gate" if token_gate else "every token"
+            axis.set(xlabel="steered block", ylabel="share of clips", ylim=(-0.05, 1.05),
+                     title=f"Steps {window[0]:g} to {window[1]:g}, {pushed}")
+            axis.legend(fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

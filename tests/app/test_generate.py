@@ -55,6 +55,7 @@ def test_generate_returns_job_object(client, api_headers):
     assert job["steering"]["strength_source"] == "tenant_default"
     assert job["steering"]["step_window"] == [0.0, 0.5]
     assert job["steering"]["branch_mode"] == "both"
+    assert job["steering"]["token_gate"] is False
     assert len(job["steering"]["direction_sha256"]) == 64
 
 

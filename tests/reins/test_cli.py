@@ -30,15 +30,28 @@ def test_tiny_model_then_generate(tmp_path):
     assert (info["width"], info["height"]) == (32, 32)
 
 
+def test_generate_with_token_gate_on_the_toy_model(tmp_path):
+    out = tmp_path / "toy.mp4"
+    result = reins("generate", "--model", "toy", "--prompt", "a red square moving left", "--direction",
+                   str(SHIPPED_DIRECTION.parent / "toy.safetensors"), "--strength", "1", "--step-window", "0", "1",
+                   "--token-gate", "--num-frames", "3", "--height", "16", "--width", "16", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["token_gate"] is True
+    assert output["step_window"] == [0.0, 1.0]
+    assert probe_mp4(out)["frames"] == 3
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "nan", "--model", "m"], "finite"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "1", "--model", "m"], "--direction is required"),
         (["tiny-model", "--out", "o", "--size", "huge"], "invalid choice"),
+        (["toy", "eval", "--shipped", "--direction-out", "d.safetensors"], "invalid --direction-out with --shipped"),
         (["tiny-model", "--out", "o", "--family", "sora"], "invalid choice"),
         (["discover", "--model", "m", "--prompts", "absent.jsonl", "--out", "d.safetensors"], "--prompts"),
-        (["demo", "--model", "toy", "--strength", "99"], "invalid --strength 99.0: expected 0.0 to 2.0"),
+        (["demo", "--model", "toy", "--strength", "99"], "invalid --strength 99.0: expected 0.0 to 4.0"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "./absent"],
          "invalid --model './absent': folder not found"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--step-window", "0.8",

@@ -214,3 +214,59 @@ def test_adaptive_scales_by_probe_score(pipeline, steerer):
 def test_adaptive_needs_probe_reference():
     with pytest.raises(ValueError, match="probe_reference"):
         SteeringConfig(np.ones(24, dtype=np.float32), 1.0, 1.0, adaptive=True)
+
+
+def _token_gate(plain: torch.Tensor, vector: np.ndarray, probe_reference: tuple[float, float]) -> torch.Tensor:
+    safe, unsafe = probe_reference
+    scores = (safe - plain.float() @ torch.from_numpy(vector)) / (safe - unsafe)
+    return scores.clamp(0.0, 1.0)
+
+
+def test_token_gate_scales_each_token_by_its_score(pipeline, steerer):
+    direction = load_direction(SHIPPED_DIRECTION)
+    plain = capture_steered_block(pipeline, steerer, config(0.0))
+    fixed = capture_steered_block(pipeline, steerer, config(1.0))
+    gated = capture_steered_block(pipeline, steerer, config(1.0, token_gate=True,
+                                                            probe_reference=direction.probe_reference))
+    gate = _token_gate(plain, direction.vector, direction.probe_reference)
+    # Tokens differ in score, so a per-sample factor could not pass this.
+    assert float(gate.max() - gate.min()) > 0.1
+    assert torch.allclose(gated - plain, (fixed - plain) * gate[..., None], atol=1e-5)
+
+
+def test_token_gate_leaves_safe_side_tokens_bit_identical(pipeline, steerer):
+    direction = load_direction(SHIPPED_DIRECTION)
+    safe, unsafe = direction.probe_reference
+    plain = capture_steered_block(pipeline, steerer, config(0.0))
+    # Move the reference so that about half of the tokens score at or below 0.
+    projections = plain.float() @ torch.from_numpy(direction.vector)
+    middle = float(projections.median())
+    reference = (middle, middle + (unsafe - safe))
+    gated = capture_steered_block(pipeline, steerer, config(1.0, token_gate=True, probe_reference=reference))
+    closed = _token_gate(plain, direction.vector, reference) == 0
+    assert bool(closed.any())
+    assert not bool(closed.all())
+    assert torch.equal(gated[closed], plain[closed])
+    assert not torch.equal(gated[~closed], plain[~closed])
+
+
+def test_probe_direction_moves_the_gate_not_the_push(pipeline, steerer):
+    direction = load_direction(SHIPPED_DIRECTION)
+    reference = direction.probe_reference
+    vector = np.random.default_rng(0).standard_normal(direction.vector.shape[0]).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    plain = capture_steered_block(pipeline, steerer, config(0.0))
+    random_push = capture_steered_block(pipeline, steerer, SteeringConfig(
+        vector, 1.0, direction.metadata.reference_norm, token_gate=True, probe_reference=reference,
+        probe_direction=direction.vector))
+    gate = _token_gate(plain, direction.vector, reference)
+    expected = gate[..., None] * direction.metadata.reference_norm * torch.from_numpy(vector)
+    assert torch.allclose(random_push - plain, expected, atol=1e-5)
+
+
+def test_token_gate_checks_its_inputs():
+    vector = np.ones(24, dtype=np.float32)
+    with pytest.raises(ValueError, match="probe_reference"):
+        SteeringConfig(vector, 1.0, 1.0, token_gate=True)
+    with pytest.raises(ValueError, match="probe_direction has shape"):
+        SteeringConfig(vector, 1.0, 1.0, probe_direction=np.ones(8, dtype=np.float32))

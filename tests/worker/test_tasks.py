@@ -122,8 +122,16 @@ def test_video_carries_provenance(jobs, tmp_path):
     runtime(jobs, RecordingRenderer(jobs), tmp_path).run("job_provenance")
     comment = read_mp4_comment(tmp_path / "job_provenance.mp4")
     for fragment in ("job=job_provenance", "model=tiny-wan", "revision=abc123", "seed=1", "strength=1.0",
-                     "block=2", "window=0.0-0.5", "branch=both", "direction_sha256=" + "0" * 64):
+                     "block=2", "window=0.0-0.5", "branch=both", "token_gate=off", "direction_sha256=" + "0" * 64):
         assert fragment in comment, (fragment, comment)
+
+
+def test_video_records_token_gate(jobs, tmp_path):
+    job = record("job_gated")
+    job["steering"]["token_gate"] = True
+    jobs.create(job)
+    runtime(jobs, RecordingRenderer(jobs), tmp_path).run("job_gated")
+    assert "token_gate=on" in read_mp4_comment(tmp_path / "job_gated.mp4")
 
 
 def test_storage_failure_fails_job(jobs, tmp_path):
