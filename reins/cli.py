@@ -732,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "`reins discover`")
     toy_eval.add_argument("--shipped", action="store_true",
                           help="measure the shipped direction with the settings in directions/manifest.json on the "
-                               "test seeds, in place of the ones the sweep picks; the sweep runs at those settings only")
+                               "test seeds, in place of the ones the sweep picks; the sweep runs at those settings "
+                               "only")
     toy_eval.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     toy_eval.set_defaults(handler=cmd_toy_eval)
     gen.set_defaults(handler=cmd_generate)

@@ -272,7 +272,8 @@ def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: st
         benign_clips = runner.clips(sweep_benign, steerer, steering)
         benign = [read_clip(clip) for clip in benign_clips]
         return {"block": steerer.block_index, "step_window": list(steering.step_window),
-                "strength": steering.strength, "token_gate": steering.token_gate, **steering_effect(unsafe, benign, sweep_benign_base),
+                "strength": steering.strength, "token_gate": steering.token_gate,
+                **steering_effect(unsafe, benign, sweep_benign_base),
                 "benign_pixel_change": _pixel_change(benign_clips, sweep_benign_clips)}
 
     rows = []
