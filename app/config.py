@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from reins.directions import DirectionMetadata
 from reins.families import FAMILIES, ModelFamily, get_family
 
 
@@ -59,6 +60,14 @@ class ModelConfig(_Strict):
         if self.family not in FAMILIES:
             raise ValueError(f"family {self.family!r} is unknown; known families: {', '.join(FAMILIES)}")
         return self
+
+    def check_direction(self, metadata: DirectionMetadata) -> None:
+        """Raise ValueError if this model's steering policy needs something its direction file lacks."""
+        # The token gate reads each token's probe score, which the file's safe and unsafe means calibrate.
+        if self.token_gate and metadata.probe_reference is None:
+            raise ValueError(f"model {self.name}: token_gate = true needs a direction file with distinct safe and "
+                             f"unsafe probe means, and {self.direction} has none; refit it with reins discover, or "
+                             "set token_gate = false")
 
     @property
     def adapter(self) -> ModelFamily:

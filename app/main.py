@@ -48,6 +48,7 @@ def load_served_models(settings: Settings) -> dict[str, ServedModel]:
         direction = load_direction(model.direction).metadata
         if direction.family != model.family:
             raise ValueError(f"model {name}: direction {model.direction} is for family {direction.family}")
+        model.check_direction(direction)
         models[name] = ServedModel(model, direction, load_token_counter(model.path))
     return models
 

@@ -213,7 +213,11 @@ def cmd_toy_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from reins.toy.evaluate import EvaluationConfig, evaluate, format_table, shipped_setting
+    from reins.toy.pipeline import is_toy_checkpoint
 
+    if not is_toy_checkpoint(args.model):
+        raise UsageError(f"invalid --model {args.model!r}: not a toy checkpoint; pass toy (the shipped one) or a "
+                         "folder written by reins toy train")
     if args.shipped and args.direction_out is not None:
         raise UsageError("invalid --direction-out with --shipped: --shipped measures the shipped direction, so there "
                          "is no new one to write; drop one of the two")
@@ -267,6 +271,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             direction = load_direction(args.direction)
         except DirectionFileError as error:
             raise UsageError(f"--direction: {error}") from None
+        for flag, requested in (("--adaptive", args.adaptive), ("--token-gate", args.token_gate)):
+            # Both read probe scores, which the file's safe and unsafe means calibrate.
+            if requested and direction.probe_reference is None:
+                raise UsageError(f"invalid {flag} with --direction {args.direction}: the file has no distinct safe "
+                                 f"and unsafe probe means; refit it with reins discover, or drop {flag}")
     pipeline, family = _load(args)
     params = _generation_params(args, args.model, family, args.prompt, args.negative_prompt)
     args.width_resolved, args.height_resolved = params.width, params.height
@@ -787,7 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "steered side by side")
     demo.add_argument("--prompt", help="prompt to generate (default: one that fits the model)")
     demo.add_argument("--strength", type=_finite_float,
-                      help="steering strength within the demo tenant's range, 0 to 2 (default: 1)")
+                      help="steering strength within the demo tenant's range: for tiny-wan 0 to 2 (default: 1); for "
+                           "toy the strength directions/manifest.json records is the default, and the range is 0 to "
+                           "twice that, or to 2 if that is more")
     demo.set_defaults(handler=cmd_demo)
     _add_client_commands(commands)
     return parser

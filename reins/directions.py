@@ -50,6 +50,14 @@ class DirectionMetadata:
     sha256: str = ""
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
+    @property
+    def probe_reference(self) -> tuple[float, float] | None:
+        """Return (safe mean, unsafe mean) projections for normalising probe scores, if the file has distinct ones."""
+        safe, unsafe = self.probe_safe_mean, self.probe_unsafe_mean
+        if safe is None or unsafe is None or safe == unsafe:
+            return None
+        return safe, unsafe
+
 
 @dataclass(frozen=True)
 class Direction:
@@ -60,11 +68,8 @@ class Direction:
 
     @property
     def probe_reference(self) -> tuple[float, float] | None:
-        """Return (safe mean, unsafe mean) projections for normalising probe scores, if the file has them."""
-        safe, unsafe = self.metadata.probe_safe_mean, self.metadata.probe_unsafe_mean
-        if safe is None or unsafe is None or safe == unsafe:
-            return None
-        return safe, unsafe
+        """Return (safe mean, unsafe mean) projections for normalising probe scores, if the file has distinct ones."""
+        return self.metadata.probe_reference
 
 
 def vector_sha256(vector: np.ndarray) -> str:

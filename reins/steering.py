@@ -50,7 +50,8 @@ class SteeringConfig:
     # Scale each sample's strength by its probe score clipped to [0, 1], so benign prompts are barely changed.
     adaptive: bool = False
     # Scale each token's push by that token's own probe score clipped to [0, 1]. Tokens on the safe side of the safe
-    # class mean do not move, so a background or an unrelated object keeps more of what the model drew there.
+    # class mean do not move, so a background or an unrelated object keeps more of what the model drew there. With
+    # `adaptive` as well, the sample's factor and each token's gate multiply.
     token_gate: bool = False
     # Mean projections of safe and unsafe discovery samples on the direction, used to normalise the probe score.
     probe_reference: tuple[float, float] | None = None
@@ -173,7 +174,8 @@ class SteeringHook(ContextAwareHook):
             row_scales = scales[steered_rows].to(device=hidden.device, dtype=hidden.dtype)
             update[steered_rows] = hidden[steered_rows] + row_scales[:, None, None] * vector
         if self.config.token_gate:
-            # Computed from the unsteered state of every row of this call, so each branch gates its own tokens.
+            # Computed from the unsteered state of every row of this call, so each branch gates its own tokens. It
+            # comes before the norm rescaling, so `preserve_norm` rescales the gated token.
             gate = self._token_scores(hidden).clamp(0.0, 1.0).to(hidden.dtype)
             update = hidden + (update - hidden) * gate[..., None]
         if self.config.preserve_norm:

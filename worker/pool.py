@@ -42,6 +42,7 @@ class PipelinePool:
         self.models: dict[str, LoadedModel] = {}
         for model in models:
             direction = load_direction(model.direction)
+            model.check_direction(direction.metadata)
             pipeline = load_pipeline(model.path, device=device, dtype=dtype, revision=model.revision)
             steerer = Steerer(pipeline, block_index=direction.metadata.block_index)
             if steerer.hidden_size != direction.metadata.hidden_size:

@@ -482,6 +482,10 @@ def check_targets(report: dict) -> list[dict]:
     return results
 
 
+# Wide enough for the longest label, "layout overlap, color_word_swap_vs_unsteered".
+LABEL_WIDTH = 46
+
+
 def format_table(report: dict) -> str:
     """Return the firm targets and the main figures as a plain-text table."""
     gate = ", token gate" if report["recommended_token_gate"] else ""
@@ -489,18 +493,21 @@ def format_table(report: dict) -> str:
     lines = [f"{source} block {report['recommended_block']} of {report['depth']}, strength "
              f"{report['recommended_strength']}, step window {report['recommended_step_window']}{gate}; adaptive mode: "
              f"strength {report['recommended_adaptive_strength']}, step window "
-             f"{report['recommended_adaptive_step_window']}", ""]
+             f"{report['recommended_adaptive_step_window']}",
+             f"test set: {report['test_unsafe_samples']} red-prompt and {report['test_benign_samples']} benign clips",
+             ""]
     for row in report["targets"]:
         status = "met" if row["met"] else "MISSED"
-        lines.append(f"{row['measure']:<36} {row['value']:>7.3f}  target {row['target']:<8} {status}")
+        lines.append(f"{row['measure']:<{LABEL_WIDTH}} {row['value']:>7.3f}  target {row['target']:<8} {status}")
     lines.append("")
     for key in ("benign_agreement", "benign_pixel_change", "benign_pixel_change_adaptive",
                 "random_direction_unsafe_rate", "random_direction_object_kept_safe_rate", "unsafe_rate_sign_flipped"):
-        lines.append(f"{key:<36} {report[key]:>7.3f}")
+        lines.append(f"{key:<{LABEL_WIDTH}} {report[key]:>7.3f}")
     for name, value in report["attribute_accuracy"].items():
-        lines.append(f"{'unsteered ' + name + ' matches prompt':<36} {value:>7.3f}")
+        label = "unsteered clip shows an object" if name == "object" else f"unsteered {name} matches prompt"
+        lines.append(f"{label:<{LABEL_WIDTH}} {value:>7.3f}")
     for name, value in report["layout_overlap"].items():
-        lines.append(f"{'layout overlap, ' + name:<36} {value:>7.3f}")
+        lines.append(f"{'layout overlap, ' + name:<{LABEL_WIDTH}} {value:>7.3f}")
     accuracy = ", ".join("n/a" if value is None else f"{value:.2f}" for value in report["probe_accuracy_by_block"])
     lines.append(f"probe accuracy by block: {accuracy}")
     for key, rates in report["unsafe_rate_by_block"].items():

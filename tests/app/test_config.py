@@ -55,3 +55,18 @@ def test_api_imports_without_torch():
     code = "import sys, app.main, app.routes.generate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert SHIPPED_DIRECTION.is_file()
+
+
+def test_token_gate_needs_probe_means(tmp_path):
+    from dataclasses import replace
+
+    from app.config import ModelConfig
+    from reins.directions import load_direction
+
+    metadata = load_direction(SHIPPED_DIRECTION).metadata
+    without_means = replace(metadata, probe_safe_mean=None)
+    fields = dict(name="tiny", path=str(tmp_path), family="wan", direction=SHIPPED_DIRECTION)
+    ModelConfig(**fields, token_gate=True).check_direction(metadata)
+    ModelConfig(**fields).check_direction(without_means)
+    with pytest.raises(ValueError, match="token_gate = true needs a direction file with distinct safe and unsafe"):
+        ModelConfig(**fields, token_gate=True).check_direction(without_means)

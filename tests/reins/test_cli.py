@@ -49,6 +49,7 @@ def test_generate_with_token_gate_on_the_toy_model(tmp_path):
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "1", "--model", "m"], "--direction is required"),
         (["tiny-model", "--out", "o", "--size", "huge"], "invalid choice"),
         (["toy", "eval", "--shipped", "--direction-out", "d.safetensors"], "invalid --direction-out with --shipped"),
+        (["toy", "eval", "--model", "./absent"], "invalid --model './absent': not a toy checkpoint"),
         (["tiny-model", "--out", "o", "--family", "sora"], "invalid choice"),
         (["discover", "--model", "m", "--prompts", "absent.jsonl", "--out", "d.safetensors"], "--prompts"),
         (["demo", "--model", "toy", "--strength", "99"], "invalid --strength 99.0: expected 0.0 to 4.0"),
@@ -63,6 +64,20 @@ def test_bad_input_exits_2(tmp_path, arguments, message):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_token_gate_needs_probe_means(tmp_path):
+    from dataclasses import replace
+
+    from reins.directions import load_direction, save_direction
+
+    shipped = load_direction(SHIPPED_DIRECTION.parent / "toy.safetensors")
+    bare = tmp_path / "bare.safetensors"
+    save_direction(bare, shipped.vector, replace(shipped.metadata, probe_safe_mean=None, probe_unsafe_mean=None))
+    result = reins("generate", "--model", "toy", "--prompt", "x", "--direction", str(bare), "--strength", "1",
+                   "--token-gate", "--out", str(tmp_path / "o.mp4"))
+    assert result.returncode == 2
+    assert f"invalid --token-gate with --direction {bare}: the file has no distinct safe and unsafe" in result.stderr
 
 
 def test_generate_rejects_invalid_height(tiny_model_dir, tmp_path):
