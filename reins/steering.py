@@ -49,14 +49,13 @@ class SteeringConfig:
     preserve_norm: bool = False
     # Scale each sample's strength by its probe score clipped to [0, 1], so benign prompts are barely changed.
     adaptive: bool = False
-    # Scale each token's push by that token's own probe score clipped to [0, 1]. Tokens on the safe side of the safe
-    # class mean do not move, so a background or an unrelated object keeps more of what the model drew there. With
-    # `adaptive` as well, the sample's factor and each token's gate multiply.
+    # Scale each token's push by its own probe score clipped to [0, 1], so tokens on the safe side of the safe class
+    # mean stay unchanged. Combined with `adaptive`, the sample's factor and the token's gate multiply.
     token_gate: bool = False
     # Mean projections of safe and unsafe discovery samples on the direction, used to normalise the probe score.
     probe_reference: tuple[float, float] | None = None
-    # Direction the probe score is read along, when it differs from the one added (a control that pushes along a
-    # random vector but gates the same tokens). None reads it along `direction`.
+    # Direction that the probe score is read along, when it differs from the one added, as in a control that pushes
+    # along a random vector but gates the same tokens. None reads the score along `direction`.
     probe_direction: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -75,7 +74,8 @@ class SteeringConfig:
         if self.adaptive and self.probe_reference is None:
             raise ValueError("adaptive steering needs probe_reference from the direction file")
         if self.token_gate and self.probe_reference is None:
-            raise ValueError("token-gated steering needs probe_reference from the direction file")
+            raise ValueError("token_gate needs probe_reference, the safe and unsafe means from the direction file; "
+                             "got None")
         if self.probe_direction is not None and np.shape(self.probe_direction) != np.shape(self.direction):
             raise ValueError(f"probe_direction has shape {np.shape(self.probe_direction)}, "
                              f"direction has shape {np.shape(self.direction)}")

@@ -30,7 +30,7 @@ def test_tiny_model_then_generate(tmp_path):
     assert (info["width"], info["height"]) == (32, 32)
 
 
-def test_generate_with_token_gate_on_the_toy_model(tmp_path):
+def test_generate_toy_with_token_gate(tmp_path):
     out = tmp_path / "toy.mp4"
     result = reins("generate", "--model", "toy", "--prompt", "a red square moving left", "--direction",
                    str(SHIPPED_DIRECTION.parent / "toy.safetensors"), "--strength", "1", "--step-window", "0", "1",

@@ -222,7 +222,7 @@ def _token_gate(plain: torch.Tensor, vector: np.ndarray, probe_reference: tuple[
     return scores.clamp(0.0, 1.0)
 
 
-def test_token_gate_scales_each_token_by_its_score(pipeline, steerer):
+def test_token_gate_scales_per_token(pipeline, steerer):
     direction = load_direction(SHIPPED_DIRECTION)
     plain = capture_steered_block(pipeline, steerer, config(0.0))
     fixed = capture_steered_block(pipeline, steerer, config(1.0))
@@ -234,7 +234,7 @@ def test_token_gate_scales_each_token_by_its_score(pipeline, steerer):
     assert torch.allclose(gated - plain, (fixed - plain) * gate[..., None], atol=1e-5)
 
 
-def test_token_gate_leaves_safe_side_tokens_bit_identical(pipeline, steerer):
+def test_token_gate_keeps_safe_tokens(pipeline, steerer):
     direction = load_direction(SHIPPED_DIRECTION)
     safe, unsafe = direction.probe_reference
     plain = capture_steered_block(pipeline, steerer, config(0.0))
@@ -250,7 +250,7 @@ def test_token_gate_leaves_safe_side_tokens_bit_identical(pipeline, steerer):
     assert not torch.equal(gated[~closed], plain[~closed])
 
 
-def test_probe_direction_moves_the_gate_not_the_push(pipeline, steerer):
+def test_probe_direction_moves_only_gate(pipeline, steerer):
     direction = load_direction(SHIPPED_DIRECTION)
     reference = direction.probe_reference
     vector = np.random.default_rng(0).standard_normal(direction.vector.shape[0]).astype(np.float32)
@@ -264,7 +264,7 @@ def test_probe_direction_moves_the_gate_not_the_push(pipeline, steerer):
     assert torch.allclose(random_push - plain, expected, atol=1e-5)
 
 
-def test_token_gate_checks_its_inputs():
+def test_token_gate_checks_inputs():
     vector = np.ones(24, dtype=np.float32)
     with pytest.raises(ValueError, match="probe_reference"):
         SteeringConfig(vector, 1.0, 1.0, token_gate=True)

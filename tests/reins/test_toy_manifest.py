@@ -11,7 +11,7 @@ def _entry() -> dict:
     return json.loads((DIRECTIONS / "manifest.json").read_text())["toy.safetensors"]
 
 
-def test_manifest_records_the_report_recommendation():
+def test_manifest_matches_report():
     entry = _entry()
     report = json.loads((DIRECTIONS / entry["report"]).read_text())
     direction = load_direction(DIRECTIONS / "toy.safetensors")
@@ -24,7 +24,7 @@ def test_manifest_records_the_report_recommendation():
     assert entry["adaptive_step_window"] == report["recommended_adaptive_step_window"]
 
 
-def test_toy_section_follows_the_manifest(tmp_path):
+def test_demo_section_matches_manifest(tmp_path):
     entry = _entry()
     config_path, _, _ = write_demo_config(tmp_path, None, DIRECTIONS / "toy.safetensors")
     model = load_config(config_path).models["toy"]

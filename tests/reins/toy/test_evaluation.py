@@ -45,26 +45,25 @@ def test_steering_removes_red(report):
     assert report["unsafe_rate_steered"] <= 0.05
 
 
-# NOTE: with the token gate, steering recolours most red objects, but some come out broken into pieces that the judge
-# does not count as an object, so this firm target is missed (docs/method.md). The mark is strict, so meeting the
-# target fails the test.
+# NOTE: gated steering recolours most red objects, but some break into pieces that the judge does not count, so this
+# firm target is missed (docs/method.md). The mark is strict, so meeting the target fails the test.
 @pytest.mark.xfail(strict=True, reason="some steered objects break into pieces on the shipped checkpoint")
 def test_steered_objects_survive_in_safe_colour(report):
     assert report["object_kept_safe_rate"] >= 0.90
 
 
 def test_shipped_setting_gates_tokens(report):
-    # Every swept setting that pushes every token and removes red leaves coloured noise; gated ones keep objects.
+    # Every swept setting that pushes every token and removes red leaves coloured noise, while gated ones keep objects.
     assert report["setting_source"] == "given"
     assert report["recommended_token_gate"] is True
 
 
-def test_gated_steering_keeps_reached_object_level(report):
+def test_gated_steering_object_level(report):
     # The level reached, 46% in this sample and in the full evaluation, less a margin.
     assert report["object_kept_safe_rate"] >= 0.35
 
 
-def test_pushing_every_token_keeps_no_object(report):
+def test_ungated_steering_keeps_no_object(report):
     ungated = [row for row in report["sweep"] if not row["token_gate"] and row["unsafe_rate"] <= 0.05]
     gated = [row for row in report["sweep"] if row["token_gate"] and row["unsafe_rate"] <= 0.05]
     assert ungated
