@@ -260,10 +260,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from reins.directions import DirectionFileError, load_direction
     from reins.pipelines import generate
     from reins.steering import Steerer, SteeringConfig
-    from reins.video import probe_mp4, write_mp4
+    from reins.video import probe_mp4, provenance_comment, write_mp4
 
     if args.strength != 0 and args.direction is None:
         raise UsageError("--direction is required unless --strength is 0")
+    for flag, requested in (("--adaptive", args.adaptive), ("--token-gate", args.token_gate)):
+        if requested and args.direction is None:
+            raise UsageError(f"{flag} needs --direction: it reads the probe score along the direction")
     window = _check_window(args)
     direction = None
     if args.direction is not None:
@@ -303,7 +306,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
     frames = generate(pipeline, params, steerer, steering, image=image)
-    write_mp4(frames, args.out, fps=args.fps)
+    comment = provenance_comment({
+        "model": args.model, "seed": params.seed, "steps": params.num_inference_steps,
+        "guidance": params.guidance_scale, "strength": args.strength,
+        "block": steerer.block_index if steerer else None, "window": steering.step_window if steering else None,
+        "branch": steering.branch_mode if steering else None, "adaptive": bool(steering and steering.adaptive),
+        "token_gate": bool(steering and steering.token_gate),
+        "direction_sha256": direction.metadata.sha256 if direction else None,
+    })
+    write_mp4(frames, args.out, fps=args.fps, metadata={"comment": comment})
     print(json.dumps({"out": str(args.out), "video": probe_mp4(args.out), "strength": args.strength,
                       "block_index": steerer.block_index if steerer else None,
                       "step_window": list(steering.step_window) if steering else None,
@@ -801,7 +812,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "twice that, or to 2 if that is more")
     demo.set_defaults(handler=cmd_demo)
     _add_client_commands(commands)
+    _record_command_parsers(parser)
     return parser
+
+
+def _record_command_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand a `command_parser` default, itself, so an error can print that command's usage."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.set_defaults(command_parser=command)
+                _record_command_parsers(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,7 +838,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reins: error: {error}", file=sys.stderr)
         return 2
     except UsageError as error:
-        parser.error(str(error))  # exits with code 2
+        # The usage line of the command that was run, not the top-level one.
+        getattr(args, "command_parser", parser).error(str(error))  # exits with code 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

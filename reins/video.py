@@ -6,11 +6,30 @@ Neither needs torch, so the mock worker uses the same code.
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import av
 import imageio_ffmpeg
 import numpy as np
+
+
+def provenance_comment(fields: dict[str, object]) -> str:
+    """Return the mp4 comment that records how a video was made, as "reins key=value ..." in the order given.
+
+    A value of None is written as "-", a boolean as on or off, and a step window (a pair) as start-end.
+    """
+    def text(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, (tuple, list)):
+            return "-".join(str(part) for part in value)
+        return str(value)
+
+    return " ".join(["reins", *(f"{key}={text(value)}" for key, value in fields.items())])
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16, metadata: dict[str, str] | None = None) -> Path:
@@ -50,3 +69,14 @@ def probe_mp4(path: str | Path) -> dict:
     count = sum(1 for _ in reader)
     width, height = info["size"]
     return {"codec": info.get("codec", ""), "width": width, "height": height, "frames": count, "fps": info.get("fps")}
+
+
+def read_comment(path: str | Path) -> str:
+    """Return the comment tag of a video file, read back by ffmpeg, or "" when it has none."""
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    for line in result.stdout.splitlines():
+        if line.startswith("comment="):
+            # The ffmetadata format escapes "=", ";", "#" and "\\" inside values with a backslash.
+            return re.sub(r"\\(.)", r"\1", line[len("comment="):])
+    return ""

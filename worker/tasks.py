@@ -22,7 +22,7 @@ import numpy as np
 from app.jobs import JobNotFound, JobStore
 from app.logs import job_context
 from app.storage import Storage, input_image_key, video_key
-from reins.video import write_mp4
+from reins.video import provenance_comment, write_mp4
 from worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -214,16 +214,12 @@ class WorkerRuntime:
     def _video_metadata(record: dict) -> dict[str, str]:
         """Return mp4 metadata that is enough to regenerate the video: model, seed and the steering applied."""
         steering = record["steering"]
-        window = steering["step_window"]
-        return {
-            "comment": (
-                f"reins job={record['id']} model={record['model']} revision={steering.get('model_revision') or '-'} "
-                f"seed={record['request']['seed']} strength={steering['strength']} block={steering['block_index']} "
-                f"window={window[0]}-{window[1]} branch={steering['branch_mode']} "
-                f"token_gate={'on' if steering.get('token_gate') else 'off'} "
-                f"direction_sha256={steering['direction_sha256']}"
-            )
-        }
+        return {"comment": provenance_comment({
+            "job": record["id"], "model": record["model"], "revision": steering.get("model_revision") or None,
+            "seed": record["request"]["seed"], "strength": steering["strength"], "block": steering["block_index"],
+            "window": steering["step_window"], "branch": steering["branch_mode"],
+            "token_gate": bool(steering.get("token_gate")), "direction_sha256": steering["direction_sha256"],
+        })}
 
 
 _runtime: WorkerRuntime | None = None

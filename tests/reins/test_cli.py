@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from reins.video import probe_mp4
+from reins.video import probe_mp4, read_comment
 from tests.conftest import SHIPPED_DIRECTION
 
 
@@ -31,15 +31,22 @@ def test_tiny_model_then_generate(tmp_path):
 
 
 def test_generate_toy_with_token_gate(tmp_path):
+    from reins.directions import load_direction
+
     out = tmp_path / "toy.mp4"
+    direction = SHIPPED_DIRECTION.parent / "toy.safetensors"
     result = reins("generate", "--model", "toy", "--prompt", "a red square moving left", "--direction",
-                   str(SHIPPED_DIRECTION.parent / "toy.safetensors"), "--strength", "1", "--step-window", "0", "1",
+                   str(direction), "--strength", "1", "--step-window", "0", "1",
                    "--token-gate", "--num-frames", "3", "--height", "16", "--width", "16", "--out", str(out))
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     assert output["token_gate"] is True
     assert output["step_window"] == [0.0, 1.0]
     assert probe_mp4(out)["frames"] == 3
+    comment = read_comment(out)
+    for fragment in ("model=toy", "seed=0", "strength=1.0", "block=7", "window=0.0-1.0", "token_gate=on",
+                     "adaptive=off", "direction_sha256=" + load_direction(direction).metadata.sha256):
+        assert fragment in comment, (fragment, comment)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +54,10 @@ def test_generate_toy_with_token_gate(tmp_path):
     [
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "nan", "--model", "m"], "finite"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "1", "--model", "m"], "--direction is required"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--token-gate"],
+         "--token-gate needs --direction"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--adaptive"],
+         "--adaptive needs --direction"),
         (["tiny-model", "--out", "o", "--size", "huge"], "invalid choice"),
         (["toy", "eval", "--shipped", "--direction-out", "d.safetensors"], "invalid --direction-out with --shipped"),
         (["toy", "eval", "--model", "./absent"], "invalid --model './absent': not a toy checkpoint"),
@@ -64,6 +75,13 @@ def test_bad_input_exits_2(tmp_path, arguments, message):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_error_shows_the_usage_of_the_command_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "reins.cli", "toy", "eval", "--model", "./absent"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: reins toy eval"), result.stderr
 
 
 def test_token_gate_needs_probe_means(tmp_path):

@@ -10,6 +10,7 @@ from redis import Redis
 
 from app.jobs import JobStore
 from app.storage import LocalStorage
+from reins.video import read_comment
 from worker.metrics import WorkerMetrics
 from worker.tasks import WorkerRuntime, error_code
 
@@ -102,25 +103,12 @@ def test_error_codes():
     assert error_code(ValueError("x")) == "internal_error"
 
 
-def read_mp4_comment(path) -> str:
-    """Return the mp4's comment tag, read back with the ffmpeg that imageio-ffmpeg ships."""
-    import subprocess
-
-    import imageio_ffmpeg
-
-    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-                            capture_output=True, text=True, timeout=60)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("comment=")]
-    # The ffmetadata format escapes "=" inside values with a backslash.
-    return lines[0].replace("\\=", "=") if lines else ""
-
-
 def test_video_carries_provenance(jobs, tmp_path):
     job = record("job_provenance")
     job["steering"]["model_revision"] = "abc123"
     jobs.create(job)
     runtime(jobs, RecordingRenderer(jobs), tmp_path).run("job_provenance")
-    comment = read_mp4_comment(tmp_path / "job_provenance.mp4")
+    comment = read_comment(tmp_path / "job_provenance.mp4")
     for fragment in ("job=job_provenance", "model=tiny-wan", "revision=abc123", "seed=1", "strength=1.0",
                      "block=2", "window=0.0-0.5", "branch=both", "token_gate=off", "direction_sha256=" + "0" * 64):
         assert fragment in comment, (fragment, comment)
@@ -131,7 +119,7 @@ def test_video_records_token_gate(jobs, tmp_path):
     job["steering"]["token_gate"] = True
     jobs.create(job)
     runtime(jobs, RecordingRenderer(jobs), tmp_path).run("job_gated")
-    assert "token_gate=on" in read_mp4_comment(tmp_path / "job_gated.mp4")
+    assert "token_gate=on" in read_comment(tmp_path / "job_gated.mp4")
 
 
 def test_storage_failure_fails_job(jobs, tmp_path):
