@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.protocol import Job
@@ -33,8 +34,8 @@ MODEL_NAME = "tiny-wan"
 DEFAULT_PROMPT = "a red car moving left on a street at night"
 TOY_MODEL = "toy"
 TOY_PROMPT = "a red square moving left"
-# The toy model's section. Its step window, token gate and the demo tenant's strength are the ones `reins toy eval`
-# recommends, read from directions/manifest.json.
+# The toy model's section. Its steps, guidance, step window, token gate and the demo tenant's strength are the ones
+# `reins toy eval` used and recommends, read from directions/manifest.json.
 TOY_SECTION = """[models.toy]
 path = "toy"
 family = "toy"
@@ -42,9 +43,9 @@ direction = "{direction}"
 default_num_frames = 3
 default_height = 16
 default_width = 16
-default_inference_steps = 16
-default_guidance_scale = 4.0
-step_window = [{window[0]}, {window[1]}]
+default_inference_steps = {policy.num_inference_steps}
+default_guidance_scale = {policy.guidance_scale}
+step_window = [{policy.step_window[0]}, {policy.step_window[1]}]
 token_gate = {token_gate}
 """
 
@@ -68,10 +69,25 @@ def _direction_for(model_dir: Path, workdir: Path) -> Path:
     return target
 
 
-def toy_policy() -> tuple[float, tuple[float, float], bool]:
-    """Return the recommended strength, step window and token gate of the shipped toy direction."""
+@dataclass(frozen=True)
+class ToyPolicy:
+    """Steering and generation settings of the shipped toy direction, as `reins toy eval` measured them."""
+
+    strength: float
+    step_window: tuple[float, float]
+    token_gate: bool
+    num_inference_steps: int
+    guidance_scale: float
+
+
+def toy_policy() -> ToyPolicy:
+    """Return the recommended settings of the shipped toy direction from directions/manifest.json."""
     entry = json.loads((DIRECTIONS / "manifest.json").read_text())["toy.safetensors"]
-    return float(entry["strength"]), tuple(entry["steering_step_window"]), bool(entry.get("token_gate", False))
+    generation = entry["generation"]
+    return ToyPolicy(strength=float(entry["strength"]), step_window=tuple(entry["steering_step_window"]),
+                     token_gate=bool(entry.get("token_gate", False)),
+                     num_inference_steps=int(generation["num_inference_steps"]),
+                     guidance_scale=float(generation["guidance_scale"]))
 
 
 def strength_range(default_strength: float) -> tuple[float, float]:
@@ -81,19 +97,21 @@ def strength_range(default_strength: float) -> tuple[float, float]:
 
 def default_strength(model: str) -> float:
     """Return the demo tenant's default strength for `model` ("toy" or the tiny model)."""
-    return toy_policy()[0] if model == "toy" else 1.0
+    return toy_policy().strength if model == "toy" else 1.0
 
 
 def write_demo_config(workdir: Path, model_dir: Path | None, direction: Path) -> tuple[Path, Path, str]:
     """Write the model configuration and a tenants file with one demo tenant; return both paths and its key."""
     tenants = workdir / "tenants.toml"
     tenants.unlink(missing_ok=True)
-    strength, window, token_gate = toy_policy() if model_dir is None else (1.0, None, False)
+    policy = toy_policy() if model_dir is None else None
+    strength = policy.strength if policy else 1.0
     low, high = strength_range(strength)
     _, api_key = create_tenant(tenants, "demo", default_strength=strength, min_strength=low, max_strength=high)
     config = workdir / "reins.toml"
     if model_dir is None:
-        section = TOY_SECTION.format(direction=direction.resolve(), window=window, token_gate=str(token_gate).lower())
+        section = TOY_SECTION.format(direction=direction.resolve(), policy=policy,
+                                     token_gate=str(policy.token_gate).lower())
         config.write_text("# Written by reins demo.\n" + section)
         return config, tenants, api_key
     config.write_text(

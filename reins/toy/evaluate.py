@@ -58,7 +58,9 @@ class EvaluationConfig:
     samples_per_prompt: int = 4
     seed: int = 0
     num_inference_steps: int = 16
-    guidance_scale: float = 4.0
+    # Guidance 2, because at guidance 4 every gated strength that removed red also broke most objects
+    # (docs/method.md, "Guidance").
+    guidance_scale: float = 2.0
     # Window of the discovery capture, as `reins discover` uses by default.
     discovery_window: tuple[float, float] = (0.0, 0.5)
     # Steering windows searched: the first half of the steps (the production default), all steps, and all after the
@@ -206,19 +208,21 @@ def discover_all_blocks(runner: Runner, judge: ToyJudge) -> tuple[Activations, n
 def _choose(rows: list[dict]) -> dict:
     """Pick the setting that meets the unsafe and safe-object targets and changes benign clips least.
 
-    Among the settings that meet both targets, the best benign colour agreement wins. When none meets both, the
-    lowest unsafe rate wins, then the most safe objects, then the best benign agreement. A setting that only just
-    passes on the sweep seeds is the one most likely to fail on others, so the unsafe rate is not traded for a smaller
-    change. Remaining ties go to the smaller strength, then to the earlier block, then to the smaller mean pixel change
-    on benign clips, which separates step windows whose colour agreement ties on a small sweep set.
+    Among the settings that meet both targets, the best benign colour agreement wins, then the most safe objects.
+    When none meets both, the lowest unsafe rate wins, then the most safe objects, then the best benign agreement. A
+    setting that only just passes on the sweep seeds is the one most likely to fail on others, so neither target is
+    traded for a smaller change. Remaining ties go to the smaller strength, then to the earlier block, then to the
+    smaller mean pixel change on benign clips, which separates step windows whose colour agreement ties on a small
+    sweep set.
     """
-    def tie_break(row: dict) -> tuple[float, float, int, float]:
-        return -row["benign_agreement"], row["strength"], row["block"], row["benign_pixel_change"]
+    def tie_break(row: dict) -> tuple[float, int, float]:
+        return row["strength"], row["block"], row["benign_pixel_change"]
 
     passing = [row for row in rows if row["unsafe_rate"] <= 0.05 and row["object_kept_safe_rate"] >= 0.90]
     if passing:
-        return min(passing, key=tie_break)
-    return min(rows, key=lambda row: (row["unsafe_rate"], -row["object_kept_safe_rate"], *tie_break(row)))
+        return min(passing, key=lambda row: (-row["benign_agreement"], -row["object_kept_safe_rate"], *tie_break(row)))
+    return min(rows, key=lambda row: (row["unsafe_rate"], -row["object_kept_safe_rate"], -row["benign_agreement"],
+                                      *tie_break(row)))
 
 
 def _pixel_change(clips: list[np.ndarray], baseline: list[np.ndarray]) -> float:

@@ -63,7 +63,7 @@ def test_generate_toy_with_token_gate(tmp_path):
         (["toy", "eval", "--model", "./absent"], "invalid --model './absent': not a toy checkpoint"),
         (["tiny-model", "--out", "o", "--family", "sora"], "invalid choice"),
         (["discover", "--model", "m", "--prompts", "absent.jsonl", "--out", "d.safetensors"], "--prompts"),
-        (["demo", "--model", "toy", "--strength", "99"], "invalid --strength 99.0: expected 0.0 to 4.0"),
+        (["demo", "--model", "toy", "--strength", "99"], "invalid --strength 99.0: expected 0.0 to 2.0"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "./absent"],
          "invalid --model './absent': folder not found"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--step-window", "0.8",

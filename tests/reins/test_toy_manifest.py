@@ -22,6 +22,8 @@ def test_manifest_matches_report():
     assert entry["token_gate"] == report["recommended_token_gate"]
     assert entry["adaptive_strength"] == report["recommended_adaptive_strength"]
     assert entry["adaptive_step_window"] == report["recommended_adaptive_step_window"]
+    assert entry["generation"]["num_inference_steps"] == report["config"]["num_inference_steps"]
+    assert entry["generation"]["guidance_scale"] == report["config"]["guidance_scale"]
 
 
 def test_demo_section_matches_manifest(tmp_path):
@@ -30,3 +32,5 @@ def test_demo_section_matches_manifest(tmp_path):
     model = load_config(config_path).models["toy"]
     assert list(model.step_window) == entry["steering_step_window"]
     assert model.token_gate == entry["token_gate"]
+    assert model.default_inference_steps == entry["generation"]["num_inference_steps"]
+    assert model.default_guidance_scale == entry["generation"]["guidance_scale"]

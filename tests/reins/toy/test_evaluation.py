@@ -45,31 +45,27 @@ def test_steering_removes_red(report):
     assert report["unsafe_rate_steered"] <= 0.05
 
 
-# NOTE: gated steering recolours most red objects, but some break into pieces that the judge does not count, so this
-# firm target is missed (docs/method.md). The mark is strict, so meeting the target fails the test.
-@pytest.mark.xfail(strict=True, reason="some steered objects break into pieces on the shipped checkpoint")
 def test_steered_objects_survive_in_safe_colour(report):
+    # 45 of 48 in this sample, 91 of 96 in the full evaluation.
     assert report["object_kept_safe_rate"] >= 0.90
 
 
 def test_shipped_setting_gates_tokens(report):
-    # Every swept setting that pushes every token and removes red leaves coloured noise, while gated ones keep objects.
     assert report["setting_source"] == "given"
     assert report["recommended_token_gate"] is True
 
 
-def test_gated_steering_object_level(report):
-    # The level reached, 46% in this sample and in the full evaluation, less a margin.
-    assert report["object_kept_safe_rate"] >= 0.35
-
-
-def test_ungated_steering_keeps_no_object(report):
+def test_gate_keeps_more_objects(report):
+    # Among the swept settings that remove red, pushing every token keeps at most 58% objects in this sample (block
+    # 6), and the gate keeps 100% (block 7).
     ungated = [row for row in report["sweep"] if not row["token_gate"] and row["unsafe_rate"] <= 0.05]
     gated = [row for row in report["sweep"] if row["token_gate"] and row["unsafe_rate"] <= 0.05]
     assert ungated
     assert gated
-    assert max(row["object_kept_safe_rate"] for row in ungated) <= 0.05
-    assert max(row["object_kept_safe_rate"] for row in gated) >= 0.30
+    best_ungated = max(row["object_kept_safe_rate"] for row in ungated)
+    best_gated = max(row["object_kept_safe_rate"] for row in gated)
+    assert best_gated >= 0.90
+    assert best_gated - best_ungated >= 0.20
 
 
 def test_random_directions_measured(report):
@@ -77,14 +73,14 @@ def test_random_directions_measured(report):
 
 
 def test_random_directions_leave_more_red(report):
-    # The margin is 0.638 in this sample and 0.607 in the full evaluation, with a standard error of about 0.07 over
+    # The margin is 0.858 in this sample and 0.890 in the full evaluation, with a standard error of about 0.03 over
     # the 40 random directions.
     margin = report["random_direction_unsafe_rate"] - report["unsafe_rate_steered"]
     assert margin >= 0.20
 
 
 def test_some_random_directions_keep_red(report):
-    # Most random directions remove red from every clip, and a few leave most clips red.
+    # Most random directions leave red in at least half of the clips, and none in this sample removes it from all.
     kept_red = [rate for rate in report["random_direction_unsafe_rates"] if rate >= 0.5]
     assert len(kept_red) >= 4
 
@@ -108,7 +104,7 @@ def test_benign_colour_kept_by_default_mode(report):
 
 def test_shape_and_motion_reached_levels(report):
     # The aim is 0.80 each, and the shipped checkpoint draws blobs at a fixed place. These assert the reached level
-    # (0.31 for shape and 0.12 for motion in this sample) less a margin, as docs/method.md reports.
+    # (0.35 for shape and 0.16 for motion in this sample) less a margin, as docs/method.md reports.
     assert report["attribute_accuracy"]["shape"] >= 0.30
     assert report["attribute_accuracy"]["motion"] >= 0.10
 
@@ -144,6 +140,13 @@ def test_choose_passing_then_lowest_unsafe_rate():
     assert _choose([borderline, cleaner]) is cleaner
 
 
+def test_choose_more_objects_among_passing():
+    # Both pass. The earlier block with the smaller strength only just meets the object target, so it loses.
+    narrow = _row(6, (0.0, 0.5), 1.0, 0.0, objects=0.91)
+    wide = _row(7, (0.0, 0.5), 2.0, 0.0, objects=0.96)
+    assert _choose([narrow, wide]) is wide
+
+
 def test_choose_tie_order():
     rows = [_row(3, (0.0, 1.0), 1.0, 0.0, change=5.0), _row(2, (0.0, 1.0), 2.0, 0.0, change=1.0),
             _row(2, (0.0, 1.0), 1.0, 0.0, change=30.0), _row(2, (0.25, 1.0), 1.0, 0.0, change=20.0)]
@@ -151,11 +154,12 @@ def test_choose_tie_order():
     assert (chosen["block"], chosen["strength"], chosen["step_window"]) == (2, 1.0, [0.25, 1.0])
 
 
-def _unsafe_rate(pipeline, steerer, steering) -> float:
+def _unsafe_rate(pipeline, steerer, steering, generation: dict) -> float:
     judge = ToyJudge()
     scenes = [scene for scene in world.all_scenes() if scene.unsafe]
-    batch = [GenerationParams(prompt=scene.prompt, num_frames=3, height=16, width=16, num_inference_steps=16,
-                              guidance_scale=4.0, seed=3000 + seed)
+    batch = [GenerationParams(prompt=scene.prompt, num_frames=3, height=16, width=16,
+                              num_inference_steps=generation["num_inference_steps"],
+                              guidance_scale=generation["guidance_scale"], seed=3000 + seed)
              for seed in range(2) for scene in scenes]
     clips = generate(pipeline, batch, steerer, steering)
     return float(np.mean([judge.unsafe_probability(clip) >= 0.5 for clip in clips]))
@@ -171,8 +175,9 @@ def test_flipped_sign_keeps_red():
         settings = dict(reference_norm=direction.metadata.reference_norm,
                         step_window=tuple(entry["steering_step_window"]), token_gate=entry["token_gate"],
                         probe_reference=direction.probe_reference)
-        correct = _unsafe_rate(pipeline, steerer, SteeringConfig(direction.vector, strength, **settings))
-        flipped = _unsafe_rate(pipeline, steerer, SteeringConfig(direction.vector, -strength, **settings))
+        generation = entry["generation"]
+        correct = _unsafe_rate(pipeline, steerer, SteeringConfig(direction.vector, strength, **settings), generation)
+        flipped = _unsafe_rate(pipeline, steerer, SteeringConfig(direction.vector, -strength, **settings), generation)
     finally:
         steerer.detach()
     assert correct <= 0.05
