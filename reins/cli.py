@@ -47,6 +47,40 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    return text
+
+
+def _check_output(option: str, path: Path | None, suffix: str | None = None) -> None:
+    """Raise a UsageError before any work when `path` cannot be written as a file."""
+    if path is None:
+        return
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UsageError(f"invalid {option} {path}: expected a file name ending in {suffix}")
+    if path.is_dir():
+        raise UsageError(f"invalid {option} {path}: it is a folder, expected the path of a file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"invalid {option} {path}: {parent} is a file, not a folder")
+            break
+
+
 def _fraction(text: str) -> float:
     value = _finite_float(text)
     if not 0.0 < value < 1.0:
@@ -77,11 +111,15 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-frames", type=_positive_int, help="frames to generate (Wan: 4k+1)")
     parser.add_argument("--height", type=_positive_int, help="height in pixels (Wan: a multiple of 16)")
     parser.add_argument("--width", type=_positive_int, help="width in pixels (Wan: a multiple of 16)")
-    parser.add_argument("--steps", type=_positive_int, help="denoising steps")
-    parser.add_argument("--guidance-scale", type=_finite_float, default=5.0, help="classifier-free guidance scale")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--steps", type=_positive_int,
+                        help="denoising steps (default: the tiny model's own, else 30)")
+    parser.add_argument("--guidance-scale", type=_non_negative_float, default=5.0,
+                        help="classifier-free guidance scale (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", type=_device, default="auto",
+                        help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="weights and activations type (default: auto)")
 
 
 def _generation_params(args: argparse.Namespace, model: str, family, prompt: str, negative_prompt: str = ""):
@@ -137,6 +175,12 @@ def _load(args: argparse.Namespace):
     if not Path(args.model).exists() and "/" not in args.model and args.model != "toy":
         raise UsageError(f"--model {args.model!r} is neither an existing folder, a hub id of the form owner/name, "
                          "nor toy (the shipped toy model)")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"invalid --device {args.device}: CUDA is not available on this machine; pass cpu or "
+                             "auto")
     pipeline = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     return pipeline, family_for_pipeline(pipeline)
 
@@ -221,6 +265,8 @@ def cmd_toy_eval(args: argparse.Namespace) -> int:
     if args.shipped and args.direction_out is not None:
         raise UsageError("invalid --direction-out with --shipped: --shipped measures the shipped direction, so there "
                          "is no new one to write; drop one of the two")
+    for option, path in (("--plot", args.plot), ("--frames", args.frames), ("--direction-out", args.direction_out)):
+        _check_output(option, path)
     config = EvaluationConfig(samples_per_prompt=args.samples_per_prompt, seed=args.seed)
     setting = None
     if args.shipped:
@@ -262,11 +308,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from reins.steering import Steerer, SteeringConfig
     from reins.video import probe_mp4, provenance_comment, write_mp4
 
-    if args.strength != 0 and args.direction is None:
-        raise UsageError("--direction is required unless --strength is 0")
     for flag, requested in (("--adaptive", args.adaptive), ("--token-gate", args.token_gate)):
         if requested and args.direction is None:
-            raise UsageError(f"{flag} needs --direction: it reads the probe score along the direction")
+            raise UsageError(f"missing --direction: {flag} reads the probe score along a direction; pass --direction "
+                             f"FILE or drop {flag}")
+    if args.strength != 0 and args.direction is None:
+        raise UsageError("--direction is required unless --strength is 0")
+    _check_output("--out", args.out, ".mp4")
     window = _check_window(args)
     direction = None
     if args.direction is not None:
@@ -309,9 +357,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     comment = provenance_comment({
         "model": args.model, "seed": params.seed, "steps": params.num_inference_steps,
         "guidance": params.guidance_scale, "strength": args.strength,
+        "strength_mode": steering.strength_mode if steering else None,
         "block": steerer.block_index if steerer else None, "window": steering.step_window if steering else None,
-        "branch": steering.branch_mode if steering else None, "adaptive": bool(steering and steering.adaptive),
-        "token_gate": bool(steering and steering.token_gate),
+        "branch": steering.branch_mode if steering else None, "preserve_norm": bool(steering and steering.preserve_norm),
+        "adaptive": bool(steering and steering.adaptive), "token_gate": bool(steering and steering.token_gate),
         "direction_sha256": direction.metadata.sha256 if direction else None,
     })
     write_mp4(frames, args.out, fps=args.fps, metadata={"comment": comment})
@@ -512,17 +561,12 @@ def _wait_and_finish(client, job, args: argparse.Namespace, out: Path | None) ->
     return 0
 
 
-def _check_out(out: Path | None) -> None:
-    if out is not None and out.is_dir():
-        raise UsageError(f"--out {out} is a folder, expected the path of the mp4 file to write")
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     from reins.client import ReinsError
 
     if args.image is not None and not args.image.is_file():
         raise UsageError(f"--image {args.image}: no such file")
-    _check_out(args.out)
+    _check_output("--out", args.out)
     fields = {
         "negative_prompt": args.negative_prompt,
         "num_frames": args.num_frames,
@@ -567,7 +611,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             elif args.action == "delete":
                 _print_model(client.delete(args.job_id))
             else:
-                _check_out(args.out)
+                _check_output("--out", args.out)
                 out = args.out or Path(f"{args.job_id}.mp4")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 client.download(args.job_id, out)
@@ -691,13 +735,14 @@ def build_parser() -> argparse.ArgumentParser:
     disc.set_defaults(handler=cmd_discover)
 
     gen = commands.add_parser("generate", help="run one steered generation in-process, without a server")
-    gen.add_argument("--model", required=True, help="pipeline folder or hub id")
+    gen.add_argument("--model", required=True, help="pipeline folder, hub id (owner/name) or toy")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--direction", type=Path, help="direction file (.safetensors)")
-    gen.add_argument("--strength", type=_finite_float, default=1.0, help="multiple of the direction's reference norm")
+    gen.add_argument("--strength", type=_finite_float, default=1.0,
+                     help="multiple of the direction's reference norm (default: 1)")
     gen.add_argument("--out", required=True, type=Path, help="mp4 file to write")
-    gen.add_argument("--fps", type=_positive_int, default=16)
+    gen.add_argument("--fps", type=_positive_int, default=16, help="frames per second of the mp4 (default: 16)")
     gen.add_argument("--image", type=Path, help="input image, for image-to-video families")
     gen.add_argument("--branch-mode", choices=["both", "cond"], default="both",
                      help="steer both guidance branches or only the conditional one")
@@ -741,8 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy_eval = toy_commands.add_parser("eval", help="measure unsteered and steered outputs of the toy model")
     toy_eval.add_argument("--model", default="toy", help="toy checkpoint folder (default: toy, the shipped one)")
     toy_eval.add_argument("--samples-per-prompt", type=_positive_int, default=4,
-                          help="seeds per red prompt in discovery and the sweep; the test set uses twice as many "
-                               "(default: 4)")
+                          help="seeds per prompt in discovery and for red prompts in the sweep; benign sweep "
+                               "prompts get half as many and the test set twice as many (default: 4)")
     toy_eval.add_argument("--seed", type=int, default=0, help="offset added to every seed of the evaluation (default: 0)")
     toy_eval.add_argument("--plot", type=Path, help="write probe accuracy and steering effect by block to this PNG")
     toy_eval.add_argument("--frames", type=Path,
@@ -827,7 +872,9 @@ def _record_command_parsers(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     from app.logs import configure_logging
     from app.settings import Settings
 

@@ -195,8 +195,8 @@ def run_demo(workdir: Path, out: Path | None, prompt: str | None, strength: floa
                 unsteered_path = workdir / "toy-unsteered.mp4"
                 steered_path = workdir / "toy-steered.mp4"
                 unsteered = _run_job(client, model, prompt, {"seed": 0, "steering_strength": 0.0}, worker,
-                                     unsteered_path)
-                job = _run_job(client, model, prompt, body, worker, steered_path)
+                                     unsteered_path, label="unsteered")
+                job = _run_job(client, model, prompt, body, worker, steered_path, label="steered")
                 if unsteered is None or job is None:
                     return 1
                 _write_side_by_side(unsteered_path, steered_path, out)
@@ -216,14 +216,14 @@ def run_demo(workdir: Path, out: Path | None, prompt: str | None, strength: floa
 
 
 def _run_job(client: ReinsClient, model: str, prompt: str, body: dict, worker: subprocess.Popen,
-             out: Path) -> Job | None:
+             out: Path, label: str = "") -> Job | None:
     """Submit one job, follow it and download its video to `out`; print why and return None if it did not complete."""
     try:
         job = _submit_when_worker_ready(client, model, prompt, body, worker)
     except ReinsAPIError as error:
         _say(f"error: POST /v1/generate answered {error.status}: {error.code}: {error.message}")
         return None
-    _say(f"submitted {job.id}: {json.dumps(job.request.model_dump(mode='json'))}")
+    _say(f"submitted {label + ' ' if label else ''}{job.id}: {json.dumps(job.request.model_dump(mode='json'))}")
     job = _follow(client, job.id, worker)
     if job.status != "completed":
         error = job.error.model_dump(mode="json") if job.error else None
@@ -246,12 +246,14 @@ def _write_side_by_side(left: Path, right: Path, out: Path, scale: int = 8) -> N
     """Write the two clips next to each other, enlarged `scale` times without smoothing, with a grey gap."""
     import numpy as np
 
-    from reins.video import write_mp4
+    from reins.video import read_comment, write_mp4
 
     first, second = _read_frames(left), _read_frames(right)
     gap = np.full((first.shape[0], first.shape[1], 2, 3), 128, dtype=np.uint8)
     frames = np.concatenate([first, gap, second], axis=2).repeat(scale, axis=1).repeat(scale, axis=2)
-    write_mp4(frames, out, fps=4)
+    # Both jobs' provenance, so the side-by-side file records what each half is.
+    comment = f"left: {read_comment(left)} | right: {read_comment(right)}"
+    write_mp4(frames, out, fps=4, metadata={"comment": comment})
 
 
 def _describe_toy_clips(unsteered: Path, steered: Path) -> None:

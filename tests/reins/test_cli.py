@@ -44,8 +44,9 @@ def test_generate_toy_with_token_gate(tmp_path):
     assert output["step_window"] == [0.0, 1.0]
     assert probe_mp4(out)["frames"] == 3
     comment = read_comment(out)
-    for fragment in ("model=toy", "seed=0", "strength=1.0", "block=7", "window=0.0-1.0", "token_gate=on",
-                     "adaptive=off", "direction_sha256=" + load_direction(direction).metadata.sha256):
+    for fragment in ("model=toy", "seed=0", "strength=1.0", "strength_mode=relative", "block=7", "window=0.0-1.0",
+                     "preserve_norm=off", "token_gate=on", "adaptive=off",
+                     "direction_sha256=" + load_direction(direction).metadata.sha256):
         assert fragment in comment, (fragment, comment)
 
 
@@ -55,9 +56,20 @@ def test_generate_toy_with_token_gate(tmp_path):
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "nan", "--model", "m"], "finite"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "1", "--model", "m"], "--direction is required"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--token-gate"],
-         "--token-gate needs --direction"),
+         "missing --direction: --token-gate reads the probe score"),
         (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--adaptive"],
-         "--adaptive needs --direction"),
+         "missing --direction: --adaptive reads the probe score"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--model", "m", "--token-gate"],
+         "missing --direction: --token-gate reads the probe score"),
+        (["generate", "--prompt", "x", "--out", "o.gif", "--strength", "0", "--model", "m"],
+         "invalid --out o.gif: expected a file name ending in .mp4"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--dtype", "f8"],
+         "argument --dtype: invalid choice: 'f8'"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--device", "gpu0"],
+         "argument --device: expected auto, cpu, cuda or cuda:N, got 'gpu0'"),
+        (["generate", "--prompt", "x", "--out", "o.mp4", "--strength", "0", "--model", "m", "--guidance-scale", "-1"],
+         "argument --guidance-scale: expected a number of 0 or more"),
+        (["toy", "eval", "--plot", "marker.txt/sweep.png"], "invalid --plot marker.txt/sweep.png: marker.txt is a file"),
         (["tiny-model", "--out", "o", "--size", "huge"], "invalid choice"),
         (["toy", "eval", "--shipped", "--direction-out", "d.safetensors"], "invalid --direction-out with --shipped"),
         (["toy", "eval", "--model", "./absent"], "invalid --model './absent': not a toy checkpoint"),
@@ -71,14 +83,16 @@ def test_generate_toy_with_token_gate(tmp_path):
     ],
 )
 def test_bad_input_exits_2(tmp_path, arguments, message):
+    (tmp_path / "marker.txt").write_text("a file where a folder is expected")
     result = subprocess.run([sys.executable, "-m", "reins.cli", *arguments], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr
 
 
-def test_error_shows_the_usage_of_the_command_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "reins.cli", "toy", "eval", "--model", "./absent"],
+@pytest.mark.parametrize("arguments", [["toy", "eval", "--model", "./absent"], ["toy", "eval", "--bogus"]])
+def test_error_shows_the_usage_of_the_command_run(tmp_path, arguments):
+    result = subprocess.run([sys.executable, "-m", "reins.cli", *arguments],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("usage: reins toy eval"), result.stderr
