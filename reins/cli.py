@@ -112,14 +112,14 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=_positive_int, help="height in pixels (Wan: a multiple of 16)")
     parser.add_argument("--width", type=_positive_int, help="width in pixels (Wan: a multiple of 16)")
     parser.add_argument("--steps", type=_positive_int,
-                        help="denoising steps (default: the tiny model's own, else 30)")
+                        help="denoising steps (default: the value a tiny model records, else 30)")
     parser.add_argument("--guidance-scale", type=_non_negative_float, default=5.0,
                         help="classifier-free guidance scale (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", type=_device, default="auto",
                         help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="weights and activations type (default: auto)")
+                        help="torch dtype of the weights and activations (default: auto)")
 
 
 def _generation_params(args: argparse.Namespace, model: str, family, prompt: str, negative_prompt: str = ""):
@@ -862,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _record_command_parsers(parser: argparse.ArgumentParser) -> None:
-    """Give every subcommand a `command_parser` default, itself, so an error can print that command's usage."""
+    """Set each subcommand's `command_parser` default to that subcommand, so an error can print its usage."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
@@ -885,8 +885,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reins: error: {error}", file=sys.stderr)
         return 2
     except UsageError as error:
-        # The usage line of the command that was run, not the top-level one.
-        getattr(args, "command_parser", parser).error(str(error))  # exits with code 2
+        # Print the usage of the command that was run, not the top-level one. `error` exits with code 2.
+        getattr(args, "command_parser", parser).error(str(error))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -223,7 +223,8 @@ def _run_job(client: ReinsClient, model: str, prompt: str, body: dict, worker: s
     except ReinsAPIError as error:
         _say(f"error: POST /v1/generate answered {error.status}: {error.code}: {error.message}")
         return None
-    _say(f"submitted {label + ' ' if label else ''}{job.id}: {json.dumps(job.request.model_dump(mode='json'))}")
+    name = f"{label} {job.id}" if label else job.id
+    _say(f"submitted {name}: {json.dumps(job.request.model_dump(mode='json'))}")
     job = _follow(client, job.id, worker)
     if job.status != "completed":
         error = job.error.model_dump(mode="json") if job.error else None

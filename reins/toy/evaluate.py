@@ -295,7 +295,7 @@ def _evaluate(pipeline: Any, model: str, config: EvaluationConfig, plot_path: st
             steerer.detach()
     if setting is None:
         # NOTE: the sweep's clips of one seed share their noise, so a few seeds can pick a setting that fails on
-        # others. With 2 seeds per prompt the pick matched 4 seeds', but its direction kept 89.6% objects on test.
+        # others. With 2 seeds per prompt the pick equals that of 4, but its direction kept objects in only 89.6%.
         chosen = _choose(rows)
         block = chosen["block"]
         fixed = SteeringConfig(directions[block], chosen["strength"], float(activations.norms[block]),

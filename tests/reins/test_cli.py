@@ -91,7 +91,7 @@ def test_bad_input_exits_2(tmp_path, arguments, message):
 
 
 @pytest.mark.parametrize("arguments", [["toy", "eval", "--model", "./absent"], ["toy", "eval", "--bogus"]])
-def test_error_shows_the_usage_of_the_command_run(tmp_path, arguments):
+def test_error_shows_subcommand_usage(tmp_path, arguments):
     result = subprocess.run([sys.executable, "-m", "reins.cli", *arguments],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
